@@ -1,0 +1,8 @@
+//! llem-common: the vocabulary shared by the coordinator (`llem`) and the agent
+//! (`llem-agent`): experiment specs, the YAML reader with exact positions, diagnostics.
+//! No runtime and no I/O beyond (de)serialising.
+
+pub mod de;
+pub mod diag;
+pub mod spec;
+pub mod yaml;

@@ -1,0 +1,290 @@
+//! One experiment, fully resolved: what the agent runs and what a job id hashes.
+//!
+//! Sweep files are read into [`raw::RawExperiment`] (every field optional, positions
+//! kept) and turned into [`ExperimentSpec`] by [`raw::RawExperiment::validate`], which fills
+//! the defaults and checks the rules between fields.
+//!
+//! **Field order is part of the format.** Every struct here declares its fields in
+//! alphabetical order, so the JSON serde writes is already canonical (keys sorted) and a
+//! job id can hash it directly; a unit test holds this.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub mod fields;
+pub mod raw;
+
+/// Inference engine that runs the prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// Real generation in-process with candle (GGUF or Hugging Face safetensors).
+    Candle,
+    /// A known CPU load per output token, to check the measurement chain itself.
+    Synthetic,
+    /// Any external program, measured while it runs.
+    Command,
+}
+
+/// Numeric precision of weights and activations. `auto`: as stored (GGUF's own
+/// quantisation; f32 for safetensors on CPU, bf16 on GPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+/// Where the energy figure comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnergySource {
+    /// NVML when the job uses a GPU, else RAPL, else none (energy `null`).
+    Auto,
+    Nvml,
+    Rapl,
+    None,
+}
+
+/// The device a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    /// Any free GPU of the node (`cuda`), or a given one (`cuda:N`).
+    Cuda(Option<u32>),
+}
+
+impl Device {
+    pub fn uses_gpu(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(None) => f.write_str("cuda"),
+            Device::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(None)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<u32>) {
+                Some(Ok(n)) => Ok(Device::Cuda(Some(n))),
+                _ => Err(format!("unknown device `{s}`")),
+            },
+        }
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where prompts come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Dataset {
+    /// The prompt set shipped with llem.
+    Builtin,
+    /// A JSON Lines file with `{"prompt": ...}` per line.
+    Path(String),
+    /// Random token ids of a fixed length (reproducible from `seed`).
+    Synthetic { input_len: u32, seed: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decoding {
+    pub ignore_eos: bool,
+    pub seed: u64,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    pub cache_ttl_s: f64,
+    /// 0 skips the baseline: adjusted energy is then `null`.
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Coefficient of variation of the last `window` latencies that ends warmup.
+    pub cv: f64,
+    pub max_prompts: u32,
+    /// A fixed number of warmup prompts; when set, `cv`/`window` are not used.
+    pub prompts: Option<u32>,
+    pub window: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThermalFloor {
+    pub delta_c: f64,
+    pub max_s: f64,
+    pub min_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measurement {
+    pub baseline: Baseline,
+    pub energy: EnergySource,
+    pub sample_hz: f64,
+    pub thermal_floor: ThermalFloor,
+    pub warmup: Warmup,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticLoad {
+    pub ms_per_token: f64,
+}
+
+/// One fully resolved experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    pub batch_size: u32,
+    /// For `engine: command`: the program and its arguments, run without a shell.
+    pub command: Option<Vec<String>>,
+    pub command_warmup: Option<Vec<String>>,
+    pub dataset: Dataset,
+    pub decoding: Decoding,
+    pub device: Device,
+    pub engine: Engine,
+    pub max_input_tokens: u32,
+    pub max_output_tokens: u32,
+    pub measurement: Measurement,
+    pub model: String,
+    pub n_prompts: u32,
+    pub precision: Precision,
+    /// Labels the node must carry (e.g. `gpu: H100`).
+    pub requires: BTreeMap<String, String>,
+    pub save_outputs: bool,
+    pub synthetic: SyntheticLoad,
+}
+
+/// sha256 of an experiment's canonical JSON: the identity of a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpecHash(pub [u8; 32]);
+
+impl SpecHash {
+    /// The short config id: 16 hex digits (64 bits; collisions are checked on the full
+    /// hash when a plan is built).
+    pub fn short(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl ExperimentSpec {
+    /// Hashes the canonical JSON form (keys sorted, defaults filled).
+    pub fn hash(&self) -> SpecHash {
+        let mut hasher = Sha256::new();
+        hasher.update(b"llem-experiment-v1\n");
+        // Writing into the hasher cannot fail, and serialising these types cannot either.
+        let _ = serde_json::to_writer(HashWriter(&mut hasher), self);
+        SpecHash(hasher.finalize().into())
+    }
+
+    /// The spec as JSON (for reports, `plan --json` and field look-ups).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A job's id: its configuration's short hash plus its cycle (`3fa1…-c2`), so the same
+/// sweep always yields the same ids and adding cycles keeps the old ones.
+pub fn job_id(hash: &SpecHash, cycle: u32) -> String {
+    format!("{}-c{cycle}", hash.short())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ExperimentSpec {
+        raw::RawExperiment::default()
+            .with_model("m.gguf")
+            .validate(crate::yaml::Span::default())
+            .expect("defaults are valid")
+    }
+
+    #[test]
+    fn serialisation_is_canonical() {
+        // The derive writes fields in declaration order; declaring them alphabetically
+        // makes that the sorted order job ids rely on. serde_json::Value sorts keys.
+        let spec = sample();
+        let direct = serde_json::to_string(&spec).expect("json");
+        let sorted = serde_json::to_string(&spec.to_json()).expect("json");
+        assert_eq!(direct, sorted);
+    }
+
+    #[test]
+    fn hash_changes_with_any_value() {
+        let a = sample();
+        let mut b = a.clone();
+        b.decoding.temperature = 0.5;
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash(), a.clone().hash());
+        assert_eq!(job_id(&a.hash(), 2), format!("{}-c2", a.hash().short()));
+        assert_eq!(a.hash().short().len(), 16);
+    }
+
+    #[test]
+    fn devices_round_trip() {
+        for text in ["cpu", "cuda", "cuda:3"] {
+            let device: Device = text.parse().expect("valid");
+            assert_eq!(device.to_string(), text);
+        }
+        assert!("gpu".parse::<Device>().is_err());
+        assert!("cuda:x".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let spec = sample();
+        let back: ExperimentSpec = serde_json::from_value(spec.to_json()).expect("round trip");
+        assert_eq!(back, spec);
+    }
+}
