@@ -64,7 +64,12 @@ impl Diagnostic {
 
     /// Renders the diagnostic with the offending source line and a caret underline.
     pub fn render(&self, sources: &Sources) -> String {
-        let mut out = format!("error: {}\n", self.message);
+        self.render_as("error", sources)
+    }
+
+    /// Renders with another level word (`warning`).
+    pub fn render_as(&self, level: &str, sources: &Sources) -> String {
+        let mut out = format!("{level}: {}\n", self.message);
         if let Some(span) = self.span {
             let location = self.location(sources).unwrap_or_default();
             let line_text = sources.get(span.source).and_then(|s| {

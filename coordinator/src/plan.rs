@@ -1,0 +1,224 @@
+//! The plan: a sweep's jobs as a dependency graph.
+//!
+//! Per node `probe` → per (node, model) `prepare` → jobs → `report`. A `prepare → job`
+//! edge means "may run on this node once the model is there" (any one of them suffices);
+//! every other edge means "after". With `execution.monotone`, a job also waits for the
+//! same configuration at the next smaller value of that field, so a failure there (out of
+//! memory, say) can skip the larger ones.
+
+use std::collections::HashMap;
+
+use llem_common::diag::Diagnostic;
+use llem_common::spec::fields;
+use petgraph::algo::{kosaraju_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+use sha2::{Digest, Sha256};
+
+use crate::expand::{expand, point_spec, Expansion};
+use crate::sweep::Sweep;
+
+/// A unit of work in the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Learn what a node has and can measure.
+    Probe { node: u16 },
+    /// Make sure a model is present (and checksummed) on a node.
+    Prepare { node: u16, model: u32 },
+    /// Index into [`Expansion::jobs`].
+    Job { job: u32 },
+    /// Aggregate results into the report.
+    Report,
+}
+
+/// What an edge means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dep {
+    /// The target starts after the source finished.
+    After,
+    /// The target may run on the source's node once the source finished (any of several).
+    RunsOn,
+}
+
+/// A sweep, expanded and arranged as a graph.
+#[derive(Debug)]
+pub struct Plan {
+    pub sweep: Sweep,
+    pub expansion: Expansion,
+    pub graph: DiGraph<Task, Dep, u32>,
+    /// Graph node of each job, by job index.
+    pub job_nodes: Vec<NodeIndex<u32>>,
+}
+
+impl Plan {
+    /// Expands `sweep` and builds its graph.
+    pub fn build(sweep: Sweep) -> Result<Plan, Vec<Diagnostic>> {
+        let expansion = expand(&sweep)?;
+        let mut graph: DiGraph<Task, Dep, u32> =
+            DiGraph::with_capacity(expansion.jobs.len() + 16, expansion.jobs.len() * 2 + 16);
+        let mut probes: HashMap<u16, NodeIndex<u32>> = HashMap::new();
+        let mut prepares: HashMap<(u16, u32), NodeIndex<u32>> = HashMap::new();
+        let report = graph.add_node(Task::Report);
+        let mut job_nodes = Vec::with_capacity(expansion.jobs.len());
+        for (j, job) in expansion.jobs.iter().enumerate() {
+            let point = &expansion.points[job.point as usize];
+            let job_node = graph.add_node(Task::Job { job: j as u32 });
+            job_nodes.push(job_node);
+            for &node in &expansion.placements[point.placement as usize] {
+                let probe = *probes
+                    .entry(node)
+                    .or_insert_with(|| graph.add_node(Task::Probe { node }));
+                let prepare = *prepares.entry((node, point.model)).or_insert_with(|| {
+                    let p = graph.add_node(Task::Prepare {
+                        node,
+                        model: point.model,
+                    });
+                    graph.add_edge(probe, p, Dep::After);
+                    p
+                });
+                graph.add_edge(prepare, job_node, Dep::RunsOn);
+            }
+            graph.add_edge(job_node, report, Dep::After);
+        }
+        let mut plan = Plan {
+            sweep,
+            expansion,
+            graph,
+            job_nodes,
+        };
+        plan.add_monotone_edges();
+        plan.check_acyclic()?;
+        Ok(plan)
+    }
+
+    /// Chains each monotone field's values within groups of otherwise equal configs.
+    fn add_monotone_edges(&mut self) {
+        let monotone = self.sweep.execution.monotone.clone();
+        if monotone.is_empty() {
+            return;
+        }
+        let n_points = self.expansion.points.len();
+        let cycles = self.sweep.execution.cycles as usize;
+        // job index of (point, cycle)
+        let mut job_of = vec![u32::MAX; n_points * cycles];
+        for (j, job) in self.expansion.jobs.iter().enumerate() {
+            job_of[job.point as usize * cycles + (job.cycle as usize - 1)] = j as u32;
+        }
+        let specs: Vec<serde_json::Value> = self
+            .expansion
+            .points
+            .iter()
+            .map(|p| point_spec(&self.sweep, &self.expansion, p).to_json())
+            .collect();
+        for field in &monotone {
+            let mut groups: HashMap<[u8; 32], Vec<(f64, usize)>> = HashMap::new();
+            for (p, json) in specs.iter().enumerate() {
+                let Some(value) = fields::lookup(json, field).and_then(serde_json::Value::as_f64)
+                else {
+                    continue;
+                };
+                let mut rest = json.clone();
+                if let Some(slot) = field.split('.').try_fold(&mut rest, |v, k| v.get_mut(k)) {
+                    *slot = serde_json::Value::Null;
+                }
+                let key: [u8; 32] = Sha256::digest(rest.to_string().as_bytes()).into();
+                groups.entry(key).or_default().push((value, p));
+            }
+            for mut group in groups.into_values() {
+                group.sort_by(|a, b| a.0.total_cmp(&b.0));
+                for pair in group.windows(2) {
+                    for c in 0..cycles {
+                        let from = job_of[pair[0].1 * cycles + c];
+                        let to = job_of[pair[1].1 * cycles + c];
+                        self.graph.add_edge(
+                            self.job_nodes[from as usize],
+                            self.job_nodes[to as usize],
+                            Dep::After,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_acyclic(&self) -> Result<(), Vec<Diagnostic>> {
+        let Err(cycle) = toposort(&self.graph, None) else {
+            return Ok(());
+        };
+        let start = cycle.node_id();
+        let component = kosaraju_scc(&self.graph)
+            .into_iter()
+            .find(|c| c.contains(&start))
+            .unwrap_or_default();
+        let names: Vec<String> = component.iter().map(|&n| self.task_name(n)).collect();
+        Err(vec![Diagnostic::nowhere(format!(
+            "the dependency graph has a cycle: {} → {}",
+            names.join(" → "),
+            self.task_name(start)
+        ))])
+    }
+
+    /// A task's stable name, as in `plan --json`: `probe:NODE`, `prepare:NODE:MODEL`,
+    /// the job id, or `report`.
+    pub fn task_name(&self, n: NodeIndex<u32>) -> String {
+        match self.graph[n] {
+            Task::Probe { node } => format!("probe:{}", self.sweep.nodes[node as usize].name),
+            Task::Prepare { node, model } => {
+                format!(
+                    "prepare:{}:{}",
+                    self.sweep.nodes[node as usize].name, self.expansion.models[model as usize]
+                )
+            }
+            Task::Job { job } => self.expansion.job_id(&self.expansion.jobs[job as usize]),
+            Task::Report => "report".to_owned(),
+        }
+    }
+
+    /// Names of the nodes that may run a point.
+    pub fn placement_names(&self, placement: u32) -> Vec<&str> {
+        self.expansion.placements[placement as usize]
+            .iter()
+            .map(|&n| self.sweep.nodes[n as usize].name.as_str())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cycle_is_named() {
+        let sweep = crate::sweep::tests::sweep_from(
+            "model: m\nsweep: {batch_size: [1, 2]}\nexecution: {cycles: 1}\n",
+        );
+        let mut plan = Plan::build(sweep).expect("plan");
+        let (a, b) = (plan.job_nodes[0], plan.job_nodes[1]);
+        plan.graph.add_edge(a, b, Dep::After);
+        plan.graph.add_edge(b, a, Dep::After);
+        let err = plan.check_acyclic().expect_err("cycle");
+        let id_a = plan.task_name(a);
+        let id_b = plan.task_name(b);
+        assert!(
+            err[0].message.contains(&id_a) && err[0].message.contains(&id_b),
+            "{}",
+            err[0].message
+        );
+        assert!(err[0]
+            .message
+            .starts_with("the dependency graph has a cycle"));
+    }
+
+    #[test]
+    fn graph_shape() {
+        let sweep = crate::sweep::tests::sweep_from(
+            "model: m\nsweep: {batch_size: [1, 2, 4], max_output_tokens: [8, 16]}\nexecution: {cycles: 2, monotone: [batch_size]}\n",
+        );
+        let plan = Plan::build(sweep).expect("plan");
+        let tasks = plan.graph.node_count();
+        // 12 jobs + probe + prepare + report
+        assert_eq!(tasks, 15);
+        // probe→prepare, 12 prepare→job, 12 job→report, monotone: 2 groups × 2 links × 2 cycles
+        assert_eq!(plan.graph.edge_count(), 1 + 12 + 12 + 8);
+    }
+}
