@@ -4,9 +4,6 @@ use std::process::ExitCode;
 
 /// Entry point of the `llem-agent` binary.
 pub fn main() -> ExitCode {
-    eprintln!(
-        "llem-agent {}: nothing to do yet",
-        env!("CARGO_PKG_VERSION")
-    );
+    eprintln!("llem-agent {}: nothing to do yet", env!("CARGO_PKG_VERSION"));
     ExitCode::from(2)
 }

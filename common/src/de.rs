@@ -21,22 +21,14 @@ use crate::yaml::{Node, Span, Value};
 /// Decodes `node` as a `T`. `path` names the node in messages (`""` for the document).
 pub fn from_node<T: DeserializeOwned>(node: &Node, path: &str) -> Result<T, Vec<Diagnostic>> {
     let sink = Sink::default();
-    let result = T::deserialize(NodeDe {
-        node,
-        sink: &sink,
-        path: path.to_owned(),
-    });
+    let result = T::deserialize(NodeDe { node, sink: &sink, path: path.to_owned() });
     let mut diagnostics = sink.0.into_inner();
     match result {
         Ok(value) if diagnostics.is_empty() => Ok(value),
         Ok(_) => Err(diagnostics),
         Err(err) => {
             if !err.reported {
-                diagnostics.push(Diagnostic {
-                    span: err.span.or(Some(node.span)),
-                    message: err.message,
-                    help: None,
-                });
+                diagnostics.push(Diagnostic { span: err.span.or(Some(node.span)), message: err.message, help: None });
             }
             Err(diagnostics)
         }
@@ -71,11 +63,7 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError {
-            span: None,
-            message: msg.to_string(),
-            reported: false,
-        }
+        DeError { span: None, message: msg.to_string(), reported: false }
     }
 }
 
@@ -114,12 +102,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
                 let [source, line, col, len]: [u32; 4] = map.next_value()?;
                 let _: Option<de::IgnoredAny> = map.next_key()?;
                 let value = map.next_value()?;
-                let span = Span {
-                    source: crate::yaml::SourceId(source),
-                    line,
-                    col,
-                    len,
-                };
+                let span = Span { source: crate::yaml::SourceId(source), line, col, len };
                 Ok(Spanned { span, value })
             }
         }
@@ -142,11 +125,7 @@ impl<'a> NodeDe<'a> {
         } else {
             format!("{}.{segment}", self.path)
         };
-        NodeDe {
-            node,
-            sink: self.sink,
-            path,
-        }
+        NodeDe { node, sink: self.sink, path }
     }
 
     /// Records "`path` must be X, found Y" at this node.
@@ -162,25 +141,23 @@ impl<'a> NodeDe<'a> {
 
     fn plain(&self) -> Option<&'a str> {
         match &self.node.value {
-            Value::Scalar {
-                text,
-                quoted: false,
-            } => Some(text),
+            Value::Scalar { text, quoted: false } => Some(text),
             _ => None,
         }
     }
 
-    fn int<T: TryFrom<i128> + Default>(&self, what: &str) -> T {
-        let parsed = self
-            .plain()
-            .and_then(|t| t.replace('_', "").parse::<i128>().ok());
-        match parsed.map(T::try_from) {
-            Some(Ok(v)) => v,
-            Some(Err(_)) => {
-                let message = format!(
-                    "`{}` is out of range for {what}",
-                    self.node.as_scalar().unwrap_or("")
-                );
+    fn int<T: TryFrom<i128> + Default + fmt::Display>(&self, what: &str, min: T, max: T) -> T {
+        let parsed = self.plain().and_then(|t| t.replace('_', "").parse::<i128>().ok());
+        match parsed.map(|v| (v, T::try_from(v))) {
+            Some((_, Ok(v))) => v,
+            Some((v, Err(_))) => {
+                let text = self.node.as_scalar().unwrap_or("");
+                let bound = if v < 0 { format!("at least {min}") } else { format!("at most {max}") };
+                let message = if self.path.is_empty() {
+                    format!("`{text}` is out of range: expected {bound}")
+                } else {
+                    format!("`{}` must be {bound}, found `{text}`", self.path)
+                };
                 self.sink.push(Diagnostic::at(self.node.span, message));
                 T::default()
             }
@@ -206,36 +183,18 @@ impl<'a> NodeDe<'a> {
         if err.reported {
             return err;
         }
-        let message = if self.path.is_empty() {
-            err.message
-        } else {
-            format!("`{}`: {}", self.path, err.message)
-        };
-        DeError {
-            span: err.span.or(Some(self.node.span)),
-            message,
-            reported: false,
-        }
+        let message = if self.path.is_empty() { err.message } else { format!("`{}`: {}", self.path, err.message) };
+        DeError { span: err.span.or(Some(self.node.span)), message, reported: false }
     }
 
-    fn variant_name(
-        &self,
-        name: &str,
-        variants: &'static [&'static str],
-        at: &Node,
-    ) -> Option<&'static str> {
+    fn variant_name(&self, name: &str, variants: &'static [&'static str], at: &Node) -> Option<&'static str> {
         if let Some(v) = variants.iter().find(|v| **v == name) {
             return Some(v);
         }
-        let what = if self.path.is_empty() {
-            "value".to_owned()
-        } else {
-            format!("value for `{}`", self.path)
-        };
+        let what = if self.path.is_empty() { "value".to_owned() } else { format!("value for `{}`", self.path) };
         let help = did_you_mean(name, variants.iter().copied())
             .unwrap_or_else(|| format!("expected one of {}", one_of(variants)));
-        self.sink
-            .push(Diagnostic::at(at.span, format!("unknown {what}: `{name}`")).with_help(help));
+        self.sink.push(Diagnostic::at(at.span, format!("unknown {what}: `{name}`")).with_help(help));
         None
     }
 }
@@ -253,7 +212,7 @@ fn parse_float(text: &str) -> Option<f64> {
 macro_rules! int_methods {
     ($($method:ident $ty:ty, $visit:ident, $what:literal;)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-            let v: $ty = self.int($what);
+            let v: $ty = self.int($what, <$ty>::MIN, <$ty>::MAX);
             visitor.$visit(v.into()).map_err(|e| self.locate(e))
         }
     )*};
@@ -266,10 +225,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         let result = match &self.node.value {
             Value::Null => visitor.visit_unit(),
             Value::Scalar { text, quoted: true } => visitor.visit_str(text),
-            Value::Scalar {
-                text,
-                quoted: false,
-            } => {
+            Value::Scalar { text, quoted: false } => {
                 if let Ok(b) = text.parse::<bool>() {
                     visitor.visit_bool(b)
                 } else if let Ok(i) = text.parse::<i64>() {
@@ -361,29 +317,18 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         visitor.visit_unit()
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, DeError> {
         self.deserialize_unit(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, DeError> {
         visitor.visit_newtype_struct(self)
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Seq(items) => {
-                let access = SeqAcc {
-                    parent: &self,
-                    items: items.iter().enumerate(),
-                };
+                let access = SeqAcc { parent: &self, items: items.iter().enumerate() };
                 visitor.visit_seq(access).map_err(|e| self.locate(e))
             }
             _ => {
@@ -421,10 +366,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         if name == SPANNED_NAME {
             let span = self.node.span;
             let parts = [span.source.0, span.line, span.col, span.len];
-            return visitor.visit_map(SpannedAcc {
-                node: Some(self),
-                span: Some(parts),
-            });
+            return visitor.visit_map(SpannedAcc { node: Some(self), span: Some(parts) });
         }
         self.map_with_fields(Some(fields), visitor)
     }
@@ -438,36 +380,20 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         let placeholder = || visitor_placeholder_enum(variants);
         match &self.node.value {
             Value::Scalar { text, .. } => match self.variant_name(text, variants, self.node) {
-                Some(name) => visitor.visit_enum(EnumAcc {
-                    de: self,
-                    name,
-                    unit_form: true,
-                }),
-                None => visitor
-                    .visit_enum(placeholder())
-                    .map_err(|e| self.locate(e)),
+                Some(name) => visitor.visit_enum(EnumAcc { de: self, name, unit_form: true }),
+                None => visitor.visit_enum(placeholder()).map_err(|e| self.locate(e)),
             },
             Value::Map(entries) if entries.len() == 1 => {
                 let (key, value) = &entries[0];
-                let name = key
-                    .as_scalar()
-                    .and_then(|k| self.variant_name(k, variants, key));
+                let name = key.as_scalar().and_then(|k| self.variant_name(k, variants, key));
                 match name {
-                    Some(name) => visitor.visit_enum(EnumAcc {
-                        de: self.child(value, name),
-                        name,
-                        unit_form: false,
-                    }),
-                    None => visitor
-                        .visit_enum(placeholder())
-                        .map_err(|e| self.locate(e)),
+                    Some(name) => visitor.visit_enum(EnumAcc { de: self.child(value, name), name, unit_form: false }),
+                    None => visitor.visit_enum(placeholder()).map_err(|e| self.locate(e)),
                 }
             }
             _ => {
                 self.wrong(&format!("one of {}", one_of(variants)));
-                visitor
-                    .visit_enum(placeholder())
-                    .map_err(|e| self.locate(e))
+                visitor.visit_enum(placeholder()).map_err(|e| self.locate(e))
             }
         }
     }
@@ -492,45 +418,28 @@ impl<'a> NodeDe<'a> {
                 let mut kept = Vec::with_capacity(entries.len());
                 for (key, value) in entries {
                     let Some(name) = key.as_scalar() else {
-                        self.sink.push(Diagnostic::at(
-                            key.span,
-                            "a key must be a plain name, not a list or map",
-                        ));
+                        self.sink.push(Diagnostic::at(key.span, "a key must be a plain name, not a list or map"));
                         continue;
                     };
                     if let Some(fields) = fields {
                         if !fields.contains(&name) {
-                            let full = if self.path.is_empty() {
-                                name.to_owned()
-                            } else {
-                                format!("{}.{name}", self.path)
-                            };
-                            let help =
-                                did_you_mean(name, fields.iter().copied()).unwrap_or_else(|| {
-                                    format!("known fields here: {}", one_of(fields))
-                                });
-                            self.sink.push(
-                                Diagnostic::at(key.span, format!("unknown field `{full}`"))
-                                    .with_help(help),
-                            );
+                            let full =
+                                if self.path.is_empty() { name.to_owned() } else { format!("{}.{name}", self.path) };
+                            let help = did_you_mean(name, fields.iter().copied())
+                                .unwrap_or_else(|| format!("known fields here: {}", one_of(fields)));
+                            self.sink.push(Diagnostic::at(key.span, format!("unknown field `{full}`")).with_help(help));
                             continue;
                         }
                     }
                     kept.push((name, value));
                 }
-                let access = MapAcc {
-                    parent: &self,
-                    entries: kept.into_iter(),
-                    value: None,
-                };
+                let access = MapAcc { parent: &self, entries: kept.into_iter(), value: None };
                 visitor.visit_map(access).map_err(|e| self.locate(e))
             }
             _ => {
                 self.wrong("a map of `key: value` entries");
                 let empty = de::value::MapDeserializer::new(std::iter::empty::<((), ())>());
-                visitor
-                    .visit_map(empty)
-                    .map_err(|e: DeError| self.locate(e))
+                visitor.visit_map(empty).map_err(|e: DeError| self.locate(e))
             }
         }
     }
@@ -544,14 +453,9 @@ struct SeqAcc<'p, 'a> {
 impl<'de> de::SeqAccess<'de> for SeqAcc<'_, '_> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
-            Some((i, node)) => seed
-                .deserialize(self.parent.child(node, &format!("[{i}]")))
-                .map(Some),
+            Some((i, node)) => seed.deserialize(self.parent.child(node, &format!("[{i}]"))).map(Some),
             None => Ok(None),
         }
     }
@@ -570,10 +474,7 @@ struct MapAcc<'p, 'a> {
 impl<'de> de::MapAccess<'de> for MapAcc<'_, '_> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             Some(entry) => {
                 self.value = Some(entry);
@@ -585,10 +486,7 @@ impl<'de> de::MapAccess<'de> for MapAcc<'_, '_> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let (name, node) = self
-            .value
-            .take()
-            .ok_or_else(|| de::Error::custom("value without a key"))?;
+        let (name, node) = self.value.take().ok_or_else(|| de::Error::custom("value without a key"))?;
         let child = self.parent.child(node, name);
         seed.deserialize(child).map_err(|err| {
             if !err.reported {
@@ -598,11 +496,7 @@ impl<'de> de::MapAccess<'de> for MapAcc<'_, '_> {
                     help: None,
                 });
             }
-            DeError {
-                span: None,
-                message: String::new(),
-                reported: true,
-            }
+            DeError { span: None, message: String::new(), reported: true }
         })
     }
 }
@@ -615,10 +509,7 @@ struct SpannedAcc<'a> {
 impl<'de> de::MapAccess<'de> for SpannedAcc<'_> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
         let key = if self.span.is_some() {
             SPANNED_FIELDS[0]
         } else if self.node.is_some() {
@@ -626,8 +517,7 @@ impl<'de> de::MapAccess<'de> for SpannedAcc<'_> {
         } else {
             return Ok(None);
         };
-        seed.deserialize(IntoDeserializer::<DeError>::into_deserializer(key))
-            .map(Some)
+        seed.deserialize(IntoDeserializer::<DeError>::into_deserializer(key)).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
@@ -653,10 +543,7 @@ impl<'de, 'a> de::EnumAccess<'de> for EnumAcc<'a> {
     type Error = DeError;
     type Variant = EnumAcc<'a>;
 
-    fn variant_seed<V: DeserializeSeed<'de>>(
-        self,
-        seed: V,
-    ) -> Result<(V::Value, Self::Variant), DeError> {
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self::Variant), DeError> {
         let name: de::value::StrDeserializer<'_, DeError> = self.name.into_deserializer();
         let value = seed.deserialize(name)?;
         Ok((value, self))
@@ -666,9 +553,9 @@ impl<'de, 'a> de::EnumAccess<'de> for EnumAcc<'a> {
 impl EnumAcc<'_> {
     /// A bare name was written for a variant that needs settings.
     fn needs_content(&self) {
-        let field = self.de.path.rsplit_once('.').map_or("", |(p, _)| p);
+        let field = &self.de.path;
         let example = if field.is_empty() {
-            format!("{{{}: ...}}", self.name)
+            format!("`{{{}: ...}}`", self.name)
         } else {
             format!("`{field}: {{{}: ...}}`", self.name)
         };
@@ -684,10 +571,7 @@ impl<'de> de::VariantAccess<'de> for EnumAcc<'_> {
 
     fn unit_variant(self) -> Result<(), DeError> {
         if !self.unit_form && self.de.node.value != Value::Null {
-            self.de.sink.push(Diagnostic::at(
-                self.de.node.span,
-                format!("`{}` takes no settings", self.name),
-            ));
+            self.de.sink.push(Diagnostic::at(self.de.node.span, format!("`{}` takes no settings", self.name)));
         }
         Ok(())
     }
@@ -708,11 +592,7 @@ impl<'de> de::VariantAccess<'de> for EnumAcc<'_> {
         de::Deserializer::deserialize_seq(self.de, visitor)
     }
 
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], visitor: V) -> Result<V::Value, DeError> {
         if self.unit_form {
             self.needs_content();
             return de::Deserializer::deserialize_map(Placeholder, visitor);
@@ -738,10 +618,7 @@ fn silent(mut e: DeError) -> DeError {
 impl<'de> de::EnumAccess<'de> for PlaceholderEnum {
     type Error = DeError;
     type Variant = Placeholder;
-    fn variant_seed<V: DeserializeSeed<'de>>(
-        self,
-        seed: V,
-    ) -> Result<(V::Value, Placeholder), DeError> {
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Placeholder), DeError> {
         let name: de::value::StrDeserializer<'_, DeError> = self.0.into_deserializer();
         Ok((seed.deserialize(name).map_err(silent)?, Placeholder))
     }
@@ -758,11 +635,7 @@ impl<'de> de::VariantAccess<'de> for Placeholder {
     fn tuple_variant<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value, DeError> {
         de::Deserializer::deserialize_seq(Placeholder, visitor)
     }
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        _: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(self, _: &'static [&'static str], visitor: V) -> Result<V::Value, DeError> {
         de::Deserializer::deserialize_map(Placeholder, visitor)
     }
 }
@@ -794,16 +667,10 @@ impl<'de> de::Deserializer<'de> for Placeholder {
         visitor.visit_none().map_err(silent)
     }
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        visitor
-            .visit_seq(de::value::SeqDeserializer::new(std::iter::empty::<()>()))
-            .map_err(silent)
+        visitor.visit_seq(de::value::SeqDeserializer::new(std::iter::empty::<()>())).map_err(silent)
     }
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        visitor
-            .visit_map(de::value::MapDeserializer::new(
-                std::iter::empty::<((), ())>(),
-            ))
-            .map_err(silent)
+        visitor.visit_map(de::value::MapDeserializer::new(std::iter::empty::<((), ())>())).map_err(silent)
     }
     fn deserialize_struct<V: Visitor<'de>>(
         self,
@@ -812,12 +679,7 @@ impl<'de> de::Deserializer<'de> for Placeholder {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         if name == SPANNED_NAME {
-            return visitor
-                .visit_map(SpannedAcc {
-                    node: None,
-                    span: Some([0; 4]),
-                })
-                .map_err(silent);
+            return visitor.visit_map(SpannedAcc { node: None, span: Some([0; 4]) }).map_err(silent);
         }
         self.deserialize_map(visitor)
     }
@@ -827,15 +689,9 @@ impl<'de> de::Deserializer<'de> for Placeholder {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
-        visitor
-            .visit_enum(visitor_placeholder_enum(variants))
-            .map_err(silent)
+        visitor.visit_enum(visitor_placeholder_enum(variants)).map_err(silent)
     }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, DeError> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -890,31 +746,14 @@ mod tests {
             "model: m.gguf\nbatch_size: 4\ndecoding: {temperature: 0.7}\ndataset: {synthetic: {input_len: 9}}\nlabels: {gpu: H100}\ncommand: [a, b]\n",
         )
         .expect("valid");
-        assert_eq!(
-            outer.model.as_ref().map(|m| m.value.as_str()),
-            Some("m.gguf")
-        );
+        assert_eq!(outer.model.as_ref().map(|m| m.value.as_str()), Some("m.gguf"));
         assert_eq!(outer.model.map(|m| (m.span.line, m.span.col)), Some((1, 8)));
         assert_eq!(outer.batch_size, Some(4));
-        assert_eq!(
-            outer.decoding,
-            Some(Inner {
-                temperature: Some(0.7),
-                top_k: None
-            })
-        );
+        assert_eq!(outer.decoding, Some(Inner { temperature: Some(0.7), top_k: None }));
         assert_eq!(outer.dataset, Some(Data::Synthetic { input_len: 9 }));
         assert_eq!(outer.command, Some(vec!["a".to_owned(), "b".to_owned()]));
-        assert_eq!(
-            decode("dataset: builtin\n").expect("unit variant").dataset,
-            Some(Data::Builtin)
-        );
-        assert_eq!(
-            decode("dataset: {path: p.jsonl}\n")
-                .expect("newtype")
-                .dataset,
-            Some(Data::Path("p.jsonl".into()))
-        );
+        assert_eq!(decode("dataset: builtin\n").expect("unit variant").dataset, Some(Data::Builtin));
+        assert_eq!(decode("dataset: {path: p.jsonl}\n").expect("newtype").dataset, Some(Data::Path("p.jsonl".into())));
     }
 
     #[test]
@@ -941,7 +780,7 @@ mod tests {
                 "1:1 unknown field `batch_sise` did you mean `batch_size`?",
                 "2:13 `batch_size` must be a whole number ≥ 0, found `four` ",
                 "3:12 unknown field `decoding.temprature` did you mean `temperature`?",
-                "3:34 `-1` is out of range for a whole number ≥ 0 ",
+                "3:34 `decoding.top_k` must be at least 0, found `-1` ",
                 "4:10 unknown value for `dataset`: `builtn` did you mean `builtin`?",
                 "5:10 `command` must be a list, found `ls` ",
             ]
@@ -952,10 +791,6 @@ mod tests {
     fn wrong_shapes() {
         let errors = decode("decoding: 3\nlabels: [a]\n").expect_err("invalid");
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(
-            errors[0].message.contains("`decoding` must be a map"),
-            "{}",
-            errors[0].message
-        );
+        assert!(errors[0].message.contains("`decoding` must be a map"), "{}", errors[0].message);
     }
 }

@@ -26,19 +26,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn at(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic {
-            span: Some(span),
-            message: message.into(),
-            help: None,
-        }
+        Diagnostic { span: Some(span), message: message.into(), help: None }
     }
 
     pub fn nowhere(message: impl Into<String>) -> Self {
-        Diagnostic {
-            span: None,
-            message: message.into(),
-            help: None,
-        }
+        Diagnostic { span: None, message: message.into(), help: None }
     }
 
     #[must_use]
@@ -56,9 +48,7 @@ impl Diagnostic {
     /// `file:line:col` of this diagnostic, when it has a place.
     pub fn location(&self, sources: &Sources) -> Option<String> {
         let span = self.span?;
-        let name = sources
-            .get(span.source)
-            .map_or("<input>", |s| s.name.as_str());
+        let name = sources.get(span.source).map_or("<input>", |s| s.name.as_str());
         Some(format!("{name}:{}:{}", span.line, span.col))
     }
 
@@ -72,12 +62,9 @@ impl Diagnostic {
         let mut out = format!("{level}: {}\n", self.message);
         if let Some(span) = self.span {
             let location = self.location(sources).unwrap_or_default();
-            let line_text = sources.get(span.source).and_then(|s| {
-                s.text
-                    .lines()
-                    .nth(span.line.saturating_sub(1) as usize)
-                    .map(str::to_owned)
-            });
+            let line_text = sources
+                .get(span.source)
+                .and_then(|s| s.text.lines().nth(span.line.saturating_sub(1) as usize).map(str::to_owned));
             let number = span.line.to_string();
             let pad = " ".repeat(number.len());
             let _ = writeln!(out, "{pad}--> {location}");
@@ -116,10 +103,7 @@ pub fn render_all(diagnostics: &[Diagnostic], sources: &Sources) -> String {
 }
 
 /// "did you mean `x`?" for a misspelt name, from the names that would have been valid.
-pub fn did_you_mean<'a>(
-    wrong: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
+pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let wrong_lower = wrong.to_lowercase();
     let mut best: Option<(f64, &str)> = None;
     for candidate in candidates {
@@ -157,16 +141,8 @@ mod tests {
     fn renders_location_line_and_caret() {
         let mut sources = Sources::default();
         let id = sources.add("s.yaml", "model: m\n  batch_sise: 4\n");
-        let d = Diagnostic::at(
-            Span {
-                source: id,
-                line: 2,
-                col: 3,
-                len: 10,
-            },
-            "unknown field `batch_sise`",
-        )
-        .with_help("did you mean `batch_size`?");
+        let d = Diagnostic::at(Span { source: id, line: 2, col: 3, len: 10 }, "unknown field `batch_sise`")
+            .with_help("did you mean `batch_size`?");
         let text = d.render(&sources);
         assert_eq!(
             text,
@@ -178,14 +154,8 @@ mod tests {
     #[test]
     fn suggestions() {
         let fields = ["batch_size", "max_output_tokens", "decoding.temperature"];
-        assert_eq!(
-            did_you_mean("batch_sise", fields).as_deref(),
-            Some("did you mean `batch_size`?")
-        );
-        assert_eq!(
-            did_you_mean("temprature", fields).as_deref(),
-            Some("did you mean `decoding.temperature`?")
-        );
+        assert_eq!(did_you_mean("batch_sise", fields).as_deref(), Some("did you mean `batch_size`?"));
+        assert_eq!(did_you_mean("temprature", fields).as_deref(), Some("did you mean `decoding.temperature`?"));
         assert_eq!(did_you_mean("zzz", fields), None);
     }
 

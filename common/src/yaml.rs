@@ -32,10 +32,7 @@ impl Sources {
     /// Registers a file's text and returns its id.
     pub fn add(&mut self, name: impl Into<String>, text: impl Into<Arc<str>>) -> SourceId {
         let id = SourceId(u32::try_from(self.files.len()).unwrap_or(u32::MAX));
-        self.files.push(Source {
-            name: name.into(),
-            text: text.into(),
-        });
+        self.files.push(Source { name: name.into(), text: text.into() });
         id
     }
 
@@ -84,10 +81,7 @@ impl Value {
         match self {
             Value::Null => "nothing (null)".to_owned(),
             Value::Scalar { text, quoted: true } => format!("the string \"{text}\""),
-            Value::Scalar {
-                text,
-                quoted: false,
-            } => format!("`{text}`"),
+            Value::Scalar { text, quoted: false } => format!("`{text}`"),
             Value::Seq(_) => "a list".to_owned(),
             Value::Map(_) => "a map".to_owned(),
         }
@@ -117,10 +111,7 @@ impl Node {
 
     /// Looks a key up in a map node.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?
-            .iter()
-            .find(|(k, _)| k.as_scalar() == Some(key))
-            .map(|(_, v)| v)
+        self.as_map()?.iter().find(|(k, _)| k.as_scalar() == Some(key)).map(|(_, v)| v)
     }
 }
 
@@ -134,47 +125,21 @@ pub struct SyntaxError {
 
 /// Parses one YAML document. An empty document is [`Value::Null`].
 pub fn parse(source: SourceId, text: &str) -> Result<Node, SyntaxError> {
-    let mut builder = Builder {
-        source,
-        stack: Vec::new(),
-        anchors: Vec::new(),
-        root: None,
-    };
+    let mut builder = Builder { source, stack: Vec::new(), anchors: Vec::new(), root: None };
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| SyntaxError {
             span: builder.span_at(e.marker().line(), e.marker().col(), 1),
             message: format!("invalid YAML: {}", e.info()),
         })?;
         let at = builder.span_at(span.start.line(), span.start.col(), 1);
-        builder.event(
-            event,
-            at,
-            span.end.index().saturating_sub(span.start.index()),
-        )?;
+        builder.event(event, at, span.end.index().saturating_sub(span.start.index()))?;
     }
-    Ok(builder.root.unwrap_or(Node::new(
-        Span {
-            source,
-            line: 1,
-            col: 1,
-            len: 1,
-        },
-        Value::Null,
-    )))
+    Ok(builder.root.unwrap_or(Node::new(Span { source, line: 1, col: 1, len: 1 }, Value::Null)))
 }
 
 enum Open {
-    Seq {
-        span: Span,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        span: Span,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Seq { span: Span, anchor: usize, items: Vec<Node> },
+    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 struct Builder {
@@ -219,9 +184,7 @@ impl Builder {
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
                     Some(Open::Seq { span, anchor, items }) => (Node::new(span, Value::Seq(items)), anchor),
-                    Some(Open::Map { span, anchor, entries, .. }) => {
-                        (Node::new(span, Value::Map(entries)), anchor)
-                    }
+                    Some(Open::Map { span, anchor, entries, .. }) => (Node::new(span, Value::Map(entries)), anchor),
                     None => return Ok(()),
                 };
                 self.push(node, anchor)
@@ -255,9 +218,7 @@ impl Builder {
             Some(Open::Map { entries, key, .. }) => match key.take() {
                 None => {
                     if let Some(name) = node.as_scalar() {
-                        if let Some((first, _)) =
-                            entries.iter().find(|(k, _)| k.as_scalar() == Some(name))
-                        {
+                        if let Some((first, _)) = entries.iter().find(|(k, _)| k.as_scalar() == Some(name)) {
                             return Err(SyntaxError {
                                 span: node.span,
                                 message: format!(
@@ -316,13 +277,7 @@ mod tests {
         let node = p("a: ~\nb:\nc: 'null'\n");
         assert_eq!(node.get("a").map(|n| &n.value), Some(&Value::Null));
         assert_eq!(node.get("b").map(|n| &n.value), Some(&Value::Null));
-        assert_eq!(
-            node.get("c").map(|n| &n.value),
-            Some(&Value::Scalar {
-                text: "null".into(),
-                quoted: true
-            })
-        );
+        assert_eq!(node.get("c").map(|n| &n.value), Some(&Value::Scalar { text: "null".into(), quoted: true }));
     }
 
     #[test]
@@ -335,10 +290,7 @@ mod tests {
     #[test]
     fn aliases_copy_the_anchored_node() {
         let node = p("x: &v [1, 2]\ny: *v\n");
-        assert_eq!(
-            node.get("x").map(|n| &n.value),
-            node.get("y").map(|n| &n.value)
-        );
+        assert_eq!(node.get("x").map(|n| &n.value), node.get("y").map(|n| &n.value));
     }
 
     #[test]

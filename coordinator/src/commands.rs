@@ -36,10 +36,7 @@ fn print_warnings(plan: &Plan) {
 }
 
 fn diagnostic_json(d: &Diagnostic, sources: &Sources) -> serde_json::Value {
-    let file = d
-        .span
-        .and_then(|s| sources.get(s.source))
-        .map(|s| s.name.clone());
+    let file = d.span.and_then(|s| sources.get(s.source)).map(|s| s.name.clone());
     json!({
         "file": file,
         "line": d.span.map(|s| s.line),
@@ -81,12 +78,8 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<u8> {
             Err((sources, diagnostics)) => {
                 failed += 1;
                 if args.json {
-                    let errors: Vec<_> = diagnostics
-                        .iter()
-                        .map(|d| diagnostic_json(d, &sources))
-                        .collect();
-                    report
-                        .push(json!({"file": file, "ok": false, "errors": errors, "warnings": []}));
+                    let errors: Vec<_> = diagnostics.iter().map(|d| diagnostic_json(d, &sources)).collect();
+                    report.push(json!({"file": file, "ok": false, "errors": errors, "warnings": []}));
                 } else {
                     eprint!("{}", render_all(&diagnostics, &sources));
                 }
@@ -99,11 +92,7 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<u8> {
     } else if failed > 0 {
         eprintln!("{failed} of {} files have errors", args.files.len());
     }
-    Ok(if failed > 0 {
-        exit::BAD_INPUT
-    } else {
-        exit::OK
-    })
+    Ok(if failed > 0 { exit::BAD_INPUT } else { exit::OK })
 }
 
 fn plan(args: &PlanArgs) -> anyhow::Result<u8> {
@@ -140,11 +129,7 @@ struct GraphCounts {
 }
 
 fn graph_counts(plan: &Plan) -> GraphCounts {
-    let mut c = GraphCounts {
-        probes: 0,
-        prepares: 0,
-        jobs: 0,
-    };
+    let mut c = GraphCounts { probes: 0, prepares: 0, jobs: 0 };
     for task in plan.graph.node_weights() {
         match task {
             Task::Probe { .. } => c.probes += 1,
@@ -176,22 +161,13 @@ fn write_summary(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     let c = &plan.expansion.counts;
     let e = &plan.sweep.execution;
     let g = graph_counts(plan);
-    writeln!(
-        out,
-        "sweep {} ({})",
-        plan.sweep.name,
-        plan.sweep.path.display()
-    )?;
+    writeln!(out, "sweep {} ({})", plan.sweep.name, plan.sweep.path.display())?;
     writeln!(
         out,
         "configurations: {} = grid {} − excluded {} + included {}",
         c.configurations, c.grid, c.excluded, c.included
     )?;
-    writeln!(
-        out,
-        "jobs: {} = {} configurations × {} cycles, order {:?}",
-        c.jobs, c.configurations, c.cycles, e.order
-    )?;
+    writeln!(out, "jobs: {} = {} configurations × {} cycles, order {}", c.jobs, c.configurations, c.cycles, e.order)?;
     writeln!(
         out,
         "graph: {} tasks ({} probe, {} prepare, {} jobs, 1 report), {} edges",
@@ -204,11 +180,7 @@ fn write_summary(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     let nodes: Vec<&str> = plan.sweep.nodes.iter().map(|n| n.name.as_str()).collect();
     writeln!(out, "nodes: {}", nodes.join(", "))?;
     if !e.monotone.is_empty() {
-        writeln!(
-            out,
-            "monotone: {} (a failure skips the larger values)",
-            e.monotone.join(", ")
-        )?;
+        writeln!(out, "monotone: {} (a failure skips the larger values)", e.monotone.join(", "))?;
     }
     Ok(())
 }
@@ -232,13 +204,13 @@ fn write_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             let point = &exp.points[job.point as usize];
             let values = point_display(sweep, exp, point);
             let mut row = vec![(i + 1).to_string(), exp.job_id(job), job.cycle.to_string()];
+            // An include entry sets only some columns; the others show the resolved value.
+            let resolved = (values.len() < columns.len()).then(|| point_spec(sweep, exp, point).to_json());
             for col in &columns {
-                row.push(
-                    values
-                        .iter()
-                        .find(|(k, _)| k == col)
-                        .map_or_else(|| "·".to_owned(), |(_, v)| v.clone()),
-                );
+                let cell = values.iter().find(|(k, _)| k == col).map(|(_, v)| v.clone()).unwrap_or_else(|| {
+                    resolved.as_ref().and_then(|j| fields::lookup(j, col)).map_or_else(|| "·".to_owned(), compact_json)
+                });
+                row.push(cell);
             }
             row.push(plan.placement_names(point.placement).join(","));
             row
@@ -258,13 +230,7 @@ fn write_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             .iter()
             .zip(&widths)
             .enumerate()
-            .map(|(i, (c, w))| {
-                if i == 0 || i == 2 {
-                    format!("{c:>w$}")
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
+            .map(|(i, (c, w))| if i == 0 || i == 2 { format!("{c:>w$}") } else { format!("{c:<w$}") })
             .collect();
         parts.join("  ").trim_end().to_owned()
     };
@@ -274,6 +240,13 @@ fn write_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "{}", line(&cells))?;
     }
     Ok(())
+}
+
+fn compact_json(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Streams the plan as JSON (a million jobs never sit in memory as one value).
@@ -293,12 +266,7 @@ fn write_json(plan: &Plan, out: &mut impl Write) -> anyhow::Result<()> {
         let spec = point_spec(sweep, exp, point).to_json();
         let swept: serde_json::Map<String, serde_json::Value> = point_display(sweep, exp, point)
             .iter()
-            .map(|(k, _)| {
-                (
-                    k.clone(),
-                    fields::lookup(&spec, k).cloned().unwrap_or_default(),
-                )
-            })
+            .map(|(k, _)| (k.clone(), fields::lookup(&spec, k).cloned().unwrap_or_default()))
             .collect();
         if i > 0 {
             write!(out, ",")?;

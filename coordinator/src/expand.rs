@@ -88,11 +88,7 @@ pub fn point_raw(sweep: &Sweep, expansion: &Expansion, point: &Point) -> RawExpe
     let mut raw = sweep.fixed.clone();
     match point.origin {
         Origin::Grid(_) => {
-            for (axis, &i) in sweep
-                .axes
-                .iter()
-                .zip(expansion.indices(sweep.axes.len(), point))
-            {
+            for (axis, &i) in sweep.axes.iter().zip(expansion.indices(sweep.axes.len(), point)) {
                 raw.overlay(&axis.values[i as usize].raw);
             }
         }
@@ -103,9 +99,7 @@ pub fn point_raw(sweep: &Sweep, expansion: &Expansion, point: &Point) -> RawExpe
 
 /// The resolved spec of a point (it validated during expansion).
 pub fn point_spec(sweep: &Sweep, expansion: &Expansion, point: &Point) -> ExperimentSpec {
-    point_raw(sweep, expansion, point)
-        .validate(sweep.fixed_span)
-        .unwrap_or_else(|_| unreachable_spec())
+    point_raw(sweep, expansion, point).validate(sweep.fixed_span).unwrap_or_else(|_| unreachable_spec())
 }
 
 #[allow(clippy::panic)]
@@ -114,11 +108,7 @@ fn unreachable_spec() -> ExperimentSpec {
 }
 
 /// The swept values of a point, for tables: `[("batch_size", "4"), …]`.
-pub fn point_display<'s>(
-    sweep: &'s Sweep,
-    expansion: &Expansion,
-    point: &Point,
-) -> Vec<&'s (String, String)> {
+pub fn point_display<'s>(sweep: &'s Sweep, expansion: &Expansion, point: &Point) -> Vec<&'s (String, String)> {
     match point.origin {
         Origin::Grid(_) => sweep
             .axes
@@ -151,8 +141,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
     let radices: Vec<u32> = sweep.axes.iter().map(|a| a.values.len() as u32).collect();
     let grid: u64 = radices.iter().map(|&r| u64::from(r)).product();
     let mut placer = Placer::new(sweep);
-    let mut points: Vec<Point> =
-        Vec::with_capacity(usize::try_from(grid).unwrap_or(0).min(1 << 24));
+    let mut points: Vec<Point> = Vec::with_capacity(usize::try_from(grid).unwrap_or(0).min(1 << 24));
     let mut grid_indices: Vec<u32> = Vec::with_capacity(points.capacity() * n_axes);
     let mut hashes: HashMap<SpecHash, u32> = HashMap::with_capacity(points.capacity());
     let mut exclude_hits = vec![0u64; sweep.excludes.len()];
@@ -178,9 +167,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
             match raw.validate(sweep.fixed_span) {
                 Err(errs) => record(errs, &mut errors),
                 Ok(spec) => {
-                    let hit = (!sweep.excludes.is_empty())
-                        .then(|| excluded_by(sweep, &spec))
-                        .flatten();
+                    let hit = (!sweep.excludes.is_empty()).then(|| excluded_by(sweep, &spec)).flatten();
                     if let Some(e) = hit {
                         exclude_hits[e] += 1;
                         excluded += 1;
@@ -188,19 +175,14 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
                         let hash = spec.hash();
                         if let Some(&first) = hashes.get(&hash) {
                             let at = sweep.axes.first().map_or(sweep.fixed_span, |a| a.span);
-                            let other =
-                                describe(sweep, &grid_indices, n_axes, &points[first as usize]);
+                            let other = describe(sweep, &grid_indices, n_axes, &points[first as usize]);
                             let this = describe_idx(sweep, &idx);
                             record(
                                 vec![Diagnostic::at(
                                     at,
-                                    format!(
-                                        "grid points {this} and {other} are the same experiment"
-                                    ),
+                                    format!("grid points {this} and {other} are the same experiment"),
                                 )
-                                .with_help(
-                                    "two values of a `sweep:` key resolve to the same setting",
-                                )],
+                                .with_help("two values of a `sweep:` key resolve to the same setting")],
                                 &mut errors,
                             );
                         } else {
@@ -209,12 +191,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
                                     hashes.insert(hash, points.len() as u32);
                                     grid_indices.extend_from_slice(&idx);
                                     let origin = Origin::Grid(points.len() as u32);
-                                    points.push(Point {
-                                        origin,
-                                        hash,
-                                        placement: p,
-                                        model: model_of(&spec),
-                                    });
+                                    points.push(Point { origin, hash, placement: p, model: model_of(&spec) });
                                 }
                                 Err(e) => record(vec![e], &mut errors),
                             }
@@ -240,11 +217,8 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
                 if let Some(&first) = hashes.get(&hash) {
                     let other = describe(sweep, &grid_indices, n_axes, &points[first as usize]);
                     record(
-                        vec![Diagnostic::at(
-                            include.span,
-                            format!("this `include` entry repeats {other}"),
-                        )
-                        .with_help("remove the entry: that experiment is already planned")],
+                        vec![Diagnostic::at(include.span, format!("this `include` entry repeats grid point {other}"))
+                            .with_help("remove the entry: that experiment is already planned")],
                         &mut errors,
                     );
                     continue;
@@ -253,12 +227,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
                     Ok(p) => {
                         hashes.insert(hash, points.len() as u32);
                         let origin = Origin::Include(i as u32);
-                        points.push(Point {
-                            origin,
-                            hash,
-                            placement: p,
-                            model: model_of(&spec),
-                        });
+                        points.push(Point { origin, hash, placement: p, model: model_of(&spec) });
                     }
                     Err(e) => record(vec![e], &mut errors),
                 }
@@ -267,9 +236,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
     }
 
     if more_errors > 0 {
-        errors.push(Diagnostic::nowhere(format!(
-            "… and {more_errors} more distinct problems like these"
-        )));
+        errors.push(Diagnostic::nowhere(format!("… and {more_errors} more distinct problems like these")));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -289,12 +256,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
             "the sweep has no experiments left: every grid point is excluded",
         )]);
     }
-    let jobs = order_jobs(
-        points.len() as u32,
-        sweep.execution.cycles,
-        sweep.execution.order,
-        sweep.execution.seed,
-    );
+    let jobs = order_jobs(points.len() as u32, sweep.execution.cycles, sweep.execution.order, sweep.execution.seed);
     let counts = Counts {
         grid: if n_axes == 0 { 1 } else { grid },
         excluded,
@@ -303,22 +265,11 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
         cycles: sweep.execution.cycles,
         jobs: jobs.len() as u64,
     };
-    Ok(Expansion {
-        points,
-        grid_indices,
-        jobs,
-        placements: placer.sets,
-        models,
-        counts,
-        warnings,
-    })
+    Ok(Expansion { points, grid_indices, jobs, placements: placer.sets, models, counts, warnings })
 }
 
 fn span_of_requires(raw: &RawExperiment, fallback: Span) -> Span {
-    raw.requires
-        .as_ref()
-        .and_then(|r| r.values().next())
-        .map_or(fallback, |v| v.span)
+    raw.requires.as_ref().and_then(|r| r.values().next()).map_or(fallback, |v| v.span)
 }
 
 fn describe_idx(sweep: &Sweep, idx: &[u32]) -> String {
@@ -326,25 +277,17 @@ fn describe_idx(sweep: &Sweep, idx: &[u32]) -> String {
         .axes
         .iter()
         .zip(idx)
-        .flat_map(|(a, &i)| {
-            a.values[i as usize]
-                .display
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-        })
+        .flat_map(|(a, &i)| a.values[i as usize].display.iter().map(|(k, v)| format!("{k}={v}")))
         .collect();
     format!("({})", parts.join(" "))
 }
 
 fn describe(sweep: &Sweep, grid_indices: &[u32], n_axes: usize, point: &Point) -> String {
     match point.origin {
-        Origin::Grid(g) => describe_idx(
-            sweep,
-            &grid_indices[g as usize * n_axes..(g as usize + 1) * n_axes],
-        ),
+        Origin::Grid(g) => describe_idx(sweep, &grid_indices[g as usize * n_axes..(g as usize + 1) * n_axes]),
         Origin::Include(i) => {
             let span = sweep.includes[i as usize].span;
-            format!("the `include` entry at line {}", span.line)
+            format!("`include` entry at line {}", span.line)
         }
     }
 }
@@ -353,9 +296,7 @@ fn describe(sweep: &Sweep, grid_indices: &[u32], n_axes: usize, point: &Point) -
 fn excluded_by(sweep: &Sweep, spec: &ExperimentSpec) -> Option<usize> {
     let json = spec.to_json();
     sweep.excludes.iter().position(|e| {
-        e.matches.iter().all(|(path, want)| {
-            fields::lookup(&json, path).is_some_and(|have| json_matches(have, want))
-        })
+        e.matches.iter().all(|(path, want)| fields::lookup(&json, path).is_some_and(|have| json_matches(have, want)))
     })
 }
 
@@ -365,9 +306,9 @@ pub fn json_matches(have: &serde_json::Value, want: &serde_json::Value) -> bool 
     use serde_json::Value as J;
     match (have, want) {
         (J::Number(a), J::Number(b)) => a.as_f64() == b.as_f64(),
-        (J::Object(a), J::Object(b)) => b
-            .iter()
-            .all(|(k, w)| w.is_null() || a.get(k).is_some_and(|h| json_matches(h, w))),
+        (J::Object(a), J::Object(b)) => {
+            b.iter().all(|(k, w)| w.is_null() || a.get(k).is_some_and(|h| json_matches(h, w)))
+        }
         _ => have == want,
     }
 }
@@ -438,11 +379,7 @@ struct Placer<'s> {
 
 impl<'s> Placer<'s> {
     fn new(sweep: &'s Sweep) -> Self {
-        Placer {
-            sweep,
-            cache: HashMap::new(),
-            sets: Vec::new(),
-        }
+        Placer { sweep, cache: HashMap::new(), sets: Vec::new() }
     }
 
     fn place(&mut self, spec: &ExperimentSpec, span: Span) -> Result<u32, Diagnostic> {
@@ -455,11 +392,7 @@ impl<'s> Placer<'s> {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| {
-                spec.requires
-                    .iter()
-                    .all(|(k, v)| n.labels.get(k) == Some(v))
-            })
+            .filter(|(_, n)| spec.requires.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
             .filter(|(_, n)| match (spec.device, n.gpus) {
                 (Device::Cpu, _) | (_, None) => true,
                 (Device::Cuda(None), Some(g)) => g > 0,
@@ -468,11 +401,7 @@ impl<'s> Placer<'s> {
             .map(|(i, _)| i as u16)
             .collect();
         if eligible.is_empty() {
-            let wanted: Vec<String> = spec
-                .requires
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let wanted: Vec<String> = spec.requires.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let have: Vec<String> = self
                 .sweep
                 .nodes
@@ -500,5 +429,260 @@ impl<'s> Placer<'s> {
         self.sets.push(eligible);
         self.cache.insert(key, id);
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::sweep::tests::{sweep_from, try_sweep_from};
+
+    fn ids(text: &str) -> Vec<String> {
+        let sweep = sweep_from(text);
+        let exp = expand(&sweep).unwrap_or_else(|e| panic!("{e:?}"));
+        exp.jobs.iter().map(|j| exp.job_id(j)).collect()
+    }
+
+    #[test]
+    fn orders() {
+        let base = "model: m\nsweep: {batch_size: [1, 2]}\n";
+        let seq = ids(&format!("{base}execution: {{cycles: 3, order: sequential}}\n"));
+        let short: Vec<&str> = seq.iter().map(|s| &s[..4]).collect();
+        assert_eq!(short[0], short[1]);
+        assert_eq!(short[1], short[2]);
+        assert_ne!(short[2], short[3]);
+        assert!(seq[0].ends_with("-c1") && seq[1].ends_with("-c2") && seq[2].ends_with("-c3"));
+        let inter = ids(&format!("{base}execution: {{cycles: 3, order: interleaved}}\n"));
+        assert_eq!(&inter[0][..16], &inter[2][..16]);
+        assert_ne!(&inter[0][..16], &inter[1][..16]);
+        let mut a = seq.clone();
+        let mut b = inter.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "orders differ only in order");
+    }
+
+    #[test]
+    fn shuffle_is_reproducible_and_seeded() {
+        let text = |seed: u64| {
+            format!("model: m\nsweep: {{batch_size: [1, 2, 3, 4, 5, 6, 7, 8]}}\nexecution: {{cycles: 2, order: shuffled, seed: {seed}}}\n")
+        };
+        assert_eq!(ids(&text(7)), ids(&text(7)));
+        assert_ne!(ids(&text(7)), ids(&text(8)));
+        let inter = ids("model: m\nsweep: {batch_size: [1, 2, 3, 4, 5, 6, 7, 8]}\nexecution: {cycles: 2}\n");
+        let (mut a, mut b) = (ids(&text(7)), inter);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ids_ignore_key_order_and_track_values() {
+        let a = ids(
+            "model: m\nbatch_size: 2\ndecoding: {temperature: 0.5, top_k: 4}\nsweep: {max_output_tokens: [8, 16]}\n",
+        );
+        let b = ids(
+            "decoding: {top_k: 4, temperature: 0.5}\nsweep: {max_output_tokens: [8, 16]}\nbatch_size: 2\nmodel: m\n",
+        );
+        assert_eq!(a, b);
+        // Changing the value of one point changes exactly that point's ids.
+        let c = ids(
+            "model: m\nbatch_size: 2\ndecoding: {temperature: 0.5, top_k: 4}\nsweep: {max_output_tokens: [8, 32]}\n",
+        );
+        let same: Vec<bool> = a.iter().zip(&c).map(|(x, y)| x == y).collect();
+        assert_eq!(same, vec![true, false, true, false, true, false]);
+        // Writing a default explicitly is the same experiment.
+        assert_eq!(ids("model: m\n"), ids("model: m\nbatch_size: 1\nengine: candle\n"));
+    }
+
+    #[test]
+    fn duplicates_are_errors() {
+        let sweep = sweep_from("model: m\nsweep: {batch_size: [1, 2]}\ninclude:\n  - {batch_size: 2}\n");
+        let errors = expand(&sweep).expect_err("duplicate");
+        assert!(errors[0].message.contains("repeats grid point (batch_size=2)"), "{}", errors[0].message);
+        assert_eq!(errors[0].span.map(|s| s.line), Some(4));
+        // 1 and 1.0 are the same temperature: caught as soon as the axis is read.
+        let err = try_sweep_from("model: m\nsweep: {decoding.temperature: [1, 1.0]}\n").expect_err("same value");
+        assert!(err.to_string().contains("`1.0` is listed twice"), "{err}");
+    }
+
+    #[test]
+    fn placement_by_labels_and_gpus() {
+        let nodes = "nodes:\n  - {name: a, host: a, gpus: 2, labels: {gpu: H100}}\n  - {name: b, host: b, gpus: 1, labels: {gpu: A100}}\n";
+        let sweep = sweep_from(&format!("model: m\ndevice: cuda\nsweep: {{requires.gpu: [H100, A100]}}\n{nodes}"));
+        let exp = expand(&sweep).expect("places");
+        let names: Vec<Vec<u16>> = exp.points.iter().map(|p| exp.placements[p.placement as usize].clone()).collect();
+        assert_eq!(names, vec![vec![0], vec![1]]);
+        let sweep = sweep_from(&format!("model: m\ndevice: cuda:1\nrequires: {{gpu: A100}}\n{nodes}"));
+        let errors = expand(&sweep).expect_err("b has one GPU");
+        assert!(errors[0].message.starts_with("no node can run"), "{}", errors[0].message);
+        assert!(errors[0].help.as_deref().unwrap_or("").contains("b (gpu=A100; 1 GPUs)"));
+    }
+
+    #[test]
+    fn excludes_match_resolved_values() {
+        let sweep = sweep_from("model: m\nsweep: {batch_size: [1, 2], decoding.temperature: [0, 0.5]}\nexclude:\n  - {batch_size: 2, decoding.temperature: 0.5}\n  - {precision: auto, batch_size: 1, decoding: {temperature: 0.0}}\n");
+        let exp = expand(&sweep).expect("valid");
+        assert_eq!(exp.counts.excluded, 2);
+        assert_eq!(exp.points.len(), 2);
+        let sweep = sweep_from("model: m\nsweep: {batch_size: [1, 2]}\nexclude:\n  - {batch_size: 3}\n");
+        assert_eq!(expand(&sweep).expect("valid").warnings.len(), 1);
+        let sweep = sweep_from("model: m\nsweep: {batch_size: [1]}\nexclude:\n  - {batch_size: 1}\n");
+        assert!(expand(&sweep).is_err(), "nothing left to run");
+    }
+
+    #[test]
+    fn point_rules_report_once_with_the_value_position() {
+        let sweep = sweep_from("model: m\nsweep: {batch_size: [0, 1, 2], max_output_tokens: [1, 2, 3]}\n");
+        let errors = expand(&sweep).expect_err("batch 0");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].span.map(|s| (s.line, s.col)), Some((2, 22)));
+        assert!(try_sweep_from("model: m\nsweep: 3\n").is_err());
+    }
+
+    /// A generated sweep: a grid over up to three numeric axes, exclusions taken from
+    /// its own values, includes outside the grid, cycles and an order.
+    #[derive(Debug, Clone)]
+    struct Gen {
+        batch: BTreeSet<u32>,
+        tokens: BTreeSet<u32>,
+        prompts: BTreeSet<u32>,
+        excludes: Vec<(Option<u32>, Option<u32>)>,
+        includes: Vec<u32>,
+        cycles: u32,
+        order: &'static str,
+        seed: u64,
+    }
+
+    fn gen() -> impl Strategy<Value = Gen> {
+        (
+            proptest::collection::btree_set(1u32..64, 1..5),
+            proptest::collection::btree_set(1u32..512, 1..4),
+            proptest::collection::btree_set(1u32..50, 0..3),
+            proptest::collection::vec((proptest::option::of(1u32..64), proptest::option::of(1u32..512)), 0..3),
+            proptest::collection::btree_set(1000u32..2000, 0..3),
+            1u32..4,
+            prop_oneof![Just("sequential"), Just("interleaved"), Just("shuffled")],
+            any::<u64>(),
+        )
+            .prop_map(|(batch, tokens, prompts, excludes, includes, cycles, order, seed)| Gen {
+                batch,
+                tokens,
+                prompts,
+                excludes: excludes.into_iter().filter(|(a, b)| a.is_some() || b.is_some()).collect(),
+                includes: includes.into_iter().collect(),
+                cycles,
+                order,
+                seed,
+            })
+    }
+
+    fn list(values: &BTreeSet<u32>) -> String {
+        format!("[{}]", values.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+    }
+
+    /// The sweep as YAML; `reordered` writes every map's keys in reverse.
+    fn yaml(g: &Gen, reordered: bool) -> String {
+        let mut axes =
+            vec![format!("batch_size: {}", list(&g.batch)), format!("max_output_tokens: {}", list(&g.tokens))];
+        if !g.prompts.is_empty() {
+            axes.push(format!("n_prompts: {}", list(&g.prompts)));
+        }
+        let excludes: Vec<String> = g
+            .excludes
+            .iter()
+            .map(|(b, t)| {
+                let mut kv: Vec<String> = Vec::new();
+                kv.extend(b.map(|b| format!("batch_size: {b}")));
+                kv.extend(t.map(|t| format!("max_output_tokens: {t}")));
+                if reordered {
+                    kv.reverse();
+                }
+                format!("  - {{{}}}\n", kv.join(", "))
+            })
+            .collect();
+        let includes: Vec<String> = g
+            .includes
+            .iter()
+            .map(|b| {
+                if reordered {
+                    format!("  - {{max_output_tokens: 7, batch_size: {b}}}\n")
+                } else {
+                    format!("  - {{batch_size: {b}, max_output_tokens: 7}}\n")
+                }
+            })
+            .collect();
+        let mut top = vec![
+            "model: m.gguf\n".to_owned(),
+            "decoding: {temperature: 0.5, seed: 3}\n".to_owned(),
+            format!("sweep: {{{}}}\n", axes.join(", ")),
+            format!("execution: {{cycles: {}, order: {}, seed: {}}}\n", g.cycles, g.order, g.seed),
+        ];
+        if !excludes.is_empty() {
+            top.push(format!("exclude:\n{}", excludes.concat()));
+        }
+        if !includes.is_empty() {
+            top.push(format!("include:\n{}", includes.concat()));
+        }
+        if reordered {
+            top.reverse();
+            top[..].iter().map(|s| s.replace("{temperature: 0.5, seed: 3}", "{seed: 3, temperature: 0.5}")).collect()
+        } else {
+            top.concat()
+        }
+    }
+
+    fn brute_force_configs(g: &Gen) -> u64 {
+        let prompts: Vec<Option<u32>> =
+            if g.prompts.is_empty() { vec![None] } else { g.prompts.iter().map(|p| Some(*p)).collect() };
+        let mut n = 0;
+        for &b in &g.batch {
+            for &t in &g.tokens {
+                for _ in &prompts {
+                    let excluded =
+                        g.excludes.iter().any(|(eb, et)| eb.is_none_or(|eb| eb == b) && et.is_none_or(|et| et == t));
+                    if !excluded {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n + g.includes.len() as u64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn expansion_properties(g in gen()) {
+            let expected = brute_force_configs(&g);
+            let sweep = try_sweep_from(&yaml(&g, false)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let result = expand(&sweep);
+            if expected == 0 {
+                prop_assert!(result.is_err());
+                return Ok(());
+            }
+            let exp = result.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            // count = (grid − excluded + included) × cycles
+            prop_assert_eq!(exp.counts.configurations, expected);
+            prop_assert_eq!(exp.jobs.len() as u64, expected * u64::from(g.cycles));
+            // every (config, cycle) exactly once
+            let ids: Vec<String> = exp.jobs.iter().map(|j| exp.job_id(j)).collect();
+            let unique: BTreeSet<&String> = ids.iter().collect();
+            prop_assert_eq!(unique.len(), ids.len());
+            // ids do not depend on key order
+            let reordered = try_sweep_from(&yaml(&g, true)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let exp2 = expand(&reordered).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            let ids2: BTreeSet<String> = exp2.jobs.iter().map(|j| exp2.job_id(j)).collect();
+            prop_assert_eq!(unique.into_iter().cloned().collect::<BTreeSet<String>>(), ids2);
+            // the same seed gives the same order
+            let again = expand(&try_sweep_from(&yaml(&g, false)).map_err(|e| TestCaseError::fail(e.to_string()))?)
+                .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            prop_assert_eq!(ids, again.jobs.iter().map(|j| again.job_id(j)).collect::<Vec<_>>());
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! same configuration at the next smaller value of that field, so a failure there (out of
 //! memory, say) can skip the larger ones.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use llem_common::diag::Diagnostic;
 use llem_common::spec::fields;
@@ -65,14 +65,9 @@ impl Plan {
             let job_node = graph.add_node(Task::Job { job: j as u32 });
             job_nodes.push(job_node);
             for &node in &expansion.placements[point.placement as usize] {
-                let probe = *probes
-                    .entry(node)
-                    .or_insert_with(|| graph.add_node(Task::Probe { node }));
+                let probe = *probes.entry(node).or_insert_with(|| graph.add_node(Task::Probe { node }));
                 let prepare = *prepares.entry((node, point.model)).or_insert_with(|| {
-                    let p = graph.add_node(Task::Prepare {
-                        node,
-                        model: point.model,
-                    });
+                    let p = graph.add_node(Task::Prepare { node, model: point.model });
                     graph.add_edge(probe, p, Dep::After);
                     p
                 });
@@ -80,12 +75,7 @@ impl Plan {
             }
             graph.add_edge(job_node, report, Dep::After);
         }
-        let mut plan = Plan {
-            sweep,
-            expansion,
-            graph,
-            job_nodes,
-        };
+        let mut plan = Plan { sweep, expansion, graph, job_nodes };
         plan.add_monotone_edges();
         plan.check_acyclic()?;
         Ok(plan)
@@ -104,17 +94,13 @@ impl Plan {
         for (j, job) in self.expansion.jobs.iter().enumerate() {
             job_of[job.point as usize * cycles + (job.cycle as usize - 1)] = j as u32;
         }
-        let specs: Vec<serde_json::Value> = self
-            .expansion
-            .points
-            .iter()
-            .map(|p| point_spec(&self.sweep, &self.expansion, p).to_json())
-            .collect();
+        let specs: Vec<serde_json::Value> =
+            self.expansion.points.iter().map(|p| point_spec(&self.sweep, &self.expansion, p).to_json()).collect();
         for field in &monotone {
-            let mut groups: HashMap<[u8; 32], Vec<(f64, usize)>> = HashMap::new();
+            // BTreeMap: edges come out in the same order every time (plan --json is reproducible).
+            let mut groups: BTreeMap<[u8; 32], Vec<(f64, usize)>> = BTreeMap::new();
             for (p, json) in specs.iter().enumerate() {
-                let Some(value) = fields::lookup(json, field).and_then(serde_json::Value::as_f64)
-                else {
+                let Some(value) = fields::lookup(json, field).and_then(serde_json::Value::as_f64) else {
                     continue;
                 };
                 let mut rest = json.clone();
@@ -130,11 +116,7 @@ impl Plan {
                     for c in 0..cycles {
                         let from = job_of[pair[0].1 * cycles + c];
                         let to = job_of[pair[1].1 * cycles + c];
-                        self.graph.add_edge(
-                            self.job_nodes[from as usize],
-                            self.job_nodes[to as usize],
-                            Dep::After,
-                        );
+                        self.graph.add_edge(self.job_nodes[from as usize], self.job_nodes[to as usize], Dep::After);
                     }
                 }
             }
@@ -146,10 +128,7 @@ impl Plan {
             return Ok(());
         };
         let start = cycle.node_id();
-        let component = kosaraju_scc(&self.graph)
-            .into_iter()
-            .find(|c| c.contains(&start))
-            .unwrap_or_default();
+        let component = kosaraju_scc(&self.graph).into_iter().find(|c| c.contains(&start)).unwrap_or_default();
         let names: Vec<String> = component.iter().map(|&n| self.task_name(n)).collect();
         Err(vec![Diagnostic::nowhere(format!(
             "the dependency graph has a cycle: {} → {}",
@@ -164,10 +143,7 @@ impl Plan {
         match self.graph[n] {
             Task::Probe { node } => format!("probe:{}", self.sweep.nodes[node as usize].name),
             Task::Prepare { node, model } => {
-                format!(
-                    "prepare:{}:{}",
-                    self.sweep.nodes[node as usize].name, self.expansion.models[model as usize]
-                )
+                format!("prepare:{}:{}", self.sweep.nodes[node as usize].name, self.expansion.models[model as usize])
             }
             Task::Job { job } => self.expansion.job_id(&self.expansion.jobs[job as usize]),
             Task::Report => "report".to_owned(),
@@ -189,9 +165,7 @@ mod tests {
 
     #[test]
     fn a_cycle_is_named() {
-        let sweep = crate::sweep::tests::sweep_from(
-            "model: m\nsweep: {batch_size: [1, 2]}\nexecution: {cycles: 1}\n",
-        );
+        let sweep = crate::sweep::tests::sweep_from("model: m\nsweep: {batch_size: [1, 2]}\nexecution: {cycles: 1}\n");
         let mut plan = Plan::build(sweep).expect("plan");
         let (a, b) = (plan.job_nodes[0], plan.job_nodes[1]);
         plan.graph.add_edge(a, b, Dep::After);
@@ -199,14 +173,8 @@ mod tests {
         let err = plan.check_acyclic().expect_err("cycle");
         let id_a = plan.task_name(a);
         let id_b = plan.task_name(b);
-        assert!(
-            err[0].message.contains(&id_a) && err[0].message.contains(&id_b),
-            "{}",
-            err[0].message
-        );
-        assert!(err[0]
-            .message
-            .starts_with("the dependency graph has a cycle"));
+        assert!(err[0].message.contains(&id_a) && err[0].message.contains(&id_b), "{}", err[0].message);
+        assert!(err[0].message.starts_with("the dependency graph has a cycle"));
     }
 
     #[test]

@@ -79,11 +79,7 @@ mod tests {
     fn leaf_paths(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
         if let serde_json::Value::Object(map) = value {
             for (k, v) in map {
-                let path = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 if v.is_object() && k != "requires" && k != "dataset" {
                     out.push(path.clone());
                     leaf_paths(&path, v, out);
@@ -96,10 +92,7 @@ mod tests {
 
     #[test]
     fn registry_matches_the_spec() {
-        let spec = RawExperiment::default()
-            .with_model("m")
-            .validate(Default::default())
-            .expect("valid");
+        let spec = RawExperiment::default().with_model("m").validate(Default::default()).expect("valid");
         let mut actual = Vec::new();
         leaf_paths("", &spec.to_json(), &mut actual);
         actual.sort();

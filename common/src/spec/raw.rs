@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Baseline, Dataset, Decoding, Device, EnergySource, Engine, ExperimentSpec, Measurement,
-    Precision, SyntheticLoad, ThermalFloor, Warmup,
+    Baseline, Dataset, Decoding, Device, EnergySource, Engine, ExperimentSpec, Measurement, Precision, SyntheticLoad,
+    ThermalFloor, Warmup,
 };
 use crate::de::Spanned;
 use crate::diag::Diagnostic;
@@ -115,10 +115,7 @@ pub struct RawSynthetic {
 pub enum RawDataset {
     Builtin,
     Path(String),
-    Synthetic {
-        input_len: Spanned<u32>,
-        seed: Option<u64>,
-    },
+    Synthetic { input_len: Spanned<u32>, seed: Option<u64> },
 }
 
 /// One experiment as written. Field names are the sweep-file contract.
@@ -231,10 +228,7 @@ impl RawExperiment {
     /// Fills defaults and checks every rule. `whole` is where the experiment as a whole
     /// was written (for "missing field" and rules between fields).
     pub fn validate(&self, whole: Span) -> Result<ExperimentSpec, Vec<Diagnostic>> {
-        let mut v = Checker {
-            errors: Vec::new(),
-            whole,
-        };
+        let mut v = Checker { errors: Vec::new(), whole };
         let spec = v.experiment(self);
         if v.errors.is_empty() {
             Ok(spec)
@@ -263,8 +257,7 @@ impl Checker {
     }
 
     fn fail(&mut self, span: Span, message: String, help: Option<&str>) {
-        self.errors
-            .push(Diagnostic::at(span, message).with_help_opt(help.map(str::to_owned)));
+        self.errors.push(Diagnostic::at(span, message).with_help_opt(help.map(str::to_owned)));
     }
 
     /// A number field with a lower bound (inclusive or not) and optional upper bound.
@@ -280,24 +273,12 @@ impl Checker {
         let value = field.as_ref().map_or(default, |f| f.value);
         let span = self.span_of(field);
         if !value.is_finite() {
-            self.fail(
-                span,
-                format!("`{name}` must be a finite number, found {value}"),
-                None,
-            );
+            self.fail(span, format!("`{name}` must be a finite number, found {value}"), None);
         } else if (min_inclusive && value < min) || (!min_inclusive && value <= min) {
             let rel = if min_inclusive { "≥" } else { ">" };
-            self.fail(
-                span,
-                format!("`{name}` must be {rel} {min}, found {value}"),
-                None,
-            );
+            self.fail(span, format!("`{name}` must be {rel} {min}, found {value}"), None);
         } else if let Some(max) = max.filter(|m| value > *m) {
-            self.fail(
-                span,
-                format!("`{name}` must be ≤ {max}, found {value}"),
-                None,
-            );
+            self.fail(span, format!("`{name}` must be ≤ {max}, found {value}"), None);
         }
         value
     }
@@ -306,11 +287,7 @@ impl Checker {
         let value = field.as_ref().map_or(default, |f| f.value);
         if value < min {
             let span = self.span_of(field);
-            self.fail(
-                span,
-                format!("`{name}` must be at least {min}, found {value}"),
-                None,
-            );
+            self.fail(span, format!("`{name}` must be at least {min}, found {value}"), None);
         }
         value
     }
@@ -318,11 +295,7 @@ impl Checker {
     fn experiment(&mut self, raw: &RawExperiment) -> ExperimentSpec {
         let model = match &raw.model {
             Some(m) if m.value.trim().is_empty() => {
-                self.fail(
-                    m.span,
-                    "`model` is empty".to_owned(),
-                    Some("give a GGUF file, a model folder, or a name"),
-                );
+                self.fail(m.span, "`model` is empty".to_owned(), Some("give a GGUF file, a model folder, or a name"));
                 String::new()
             }
             Some(m) => m.value.clone(),
@@ -339,28 +312,14 @@ impl Checker {
         let device = match &raw.device {
             None => Device::Cpu,
             Some(d) => d.value.parse().unwrap_or_else(|message: String| {
-                self.fail(
-                    d.span,
-                    message,
-                    Some("expected `cpu`, `cuda` (any GPU) or `cuda:N` (GPU N)"),
-                );
+                self.fail(d.span, message, Some("expected `cpu`, `cuda` (any GPU) or `cuda:N` (GPU N)"));
                 Device::Cpu
             }),
         };
         let batch_size = self.count("batch_size", &raw.batch_size, defaults::BATCH_SIZE, 1);
         let n_prompts = self.count("n_prompts", &raw.n_prompts, defaults::N_PROMPTS, 1);
-        let max_input_tokens = self.count(
-            "max_input_tokens",
-            &raw.max_input_tokens,
-            defaults::MAX_INPUT_TOKENS,
-            1,
-        );
-        let max_output_tokens = self.count(
-            "max_output_tokens",
-            &raw.max_output_tokens,
-            defaults::MAX_OUTPUT_TOKENS,
-            1,
-        );
+        let max_input_tokens = self.count("max_input_tokens", &raw.max_input_tokens, defaults::MAX_INPUT_TOKENS, 1);
+        let max_output_tokens = self.count("max_output_tokens", &raw.max_output_tokens, defaults::MAX_OUTPUT_TOKENS, 1);
         let dataset = match raw.dataset.as_ref().map(|d| &d.value) {
             None | Some(RawDataset::Builtin) => Dataset::Builtin,
             Some(RawDataset::Path(p)) => {
@@ -378,18 +337,11 @@ impl Checker {
                         None,
                     );
                 }
-                Dataset::Synthetic {
-                    input_len: input_len.value,
-                    seed: seed.unwrap_or(0),
-                }
+                Dataset::Synthetic { input_len: input_len.value, seed: seed.unwrap_or(0) }
             }
         };
         let decoding = self.decoding(raw.decoding.as_ref().unwrap_or(&RawDecoding::default()));
-        let measurement = self.measurement(
-            raw.measurement
-                .as_ref()
-                .unwrap_or(&RawMeasurement::default()),
-        );
+        let measurement = self.measurement(raw.measurement.as_ref().unwrap_or(&RawMeasurement::default()));
         let synthetic_raw = raw.synthetic.clone().unwrap_or_default();
         let synthetic = SyntheticLoad {
             ms_per_token: self.number(
@@ -406,11 +358,7 @@ impl Checker {
         match (engine, &command) {
             (Engine::Command, None) => {
                 let span = self.span_of(&raw.engine);
-                self.fail(
-                    span,
-                    "`engine: command` needs `command: [program, args...]`".to_owned(),
-                    None,
-                );
+                self.fail(span, "`engine: command` needs `command: [program, args...]`".to_owned(), None);
             }
             (Engine::Candle | Engine::Synthetic, Some(_)) => {
                 let span = self.span_of(&raw.command);
@@ -424,18 +372,9 @@ impl Checker {
         }
         if command_warmup.is_some() && engine != Engine::Command {
             let span = self.span_of(&raw.command_warmup);
-            self.fail(
-                span,
-                "`command_warmup` is only used with `engine: command`".to_owned(),
-                None,
-            );
+            self.fail(span, "`command_warmup` is only used with `engine: command`".to_owned(), None);
         }
-        let requires = raw
-            .requires
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect();
+        let requires = raw.requires.iter().flatten().map(|(k, v)| (k.clone(), v.value.clone())).collect();
         ExperimentSpec {
             batch_size,
             command,
@@ -469,22 +408,9 @@ impl Checker {
     }
 
     fn decoding(&mut self, raw: &RawDecoding) -> Decoding {
-        let temperature = self.number(
-            "decoding.temperature",
-            &raw.temperature,
-            0.0,
-            0.0,
-            true,
-            None,
-        );
-        let top_p = raw
-            .top_p
-            .as_ref()
-            .map(|_| self.number("decoding.top_p", &raw.top_p, 1.0, 0.0, false, Some(1.0)));
-        let top_k = raw
-            .top_k
-            .as_ref()
-            .map(|_| self.count("decoding.top_k", &raw.top_k, 1, 1));
+        let temperature = self.number("decoding.temperature", &raw.temperature, 0.0, 0.0, true, None);
+        let top_p = raw.top_p.as_ref().map(|_| self.number("decoding.top_p", &raw.top_p, 1.0, 0.0, false, Some(1.0)));
+        let top_k = raw.top_k.as_ref().map(|_| self.count("decoding.top_k", &raw.top_k, 1, 1));
         Decoding {
             ignore_eos: raw.ignore_eos.as_ref().is_some_and(|s| s.value),
             seed: raw.seed.as_ref().map_or(0, |s| s.value),
@@ -495,14 +421,8 @@ impl Checker {
     }
 
     fn measurement(&mut self, raw: &RawMeasurement) -> Measurement {
-        let sample_hz = self.number(
-            "measurement.sample_hz",
-            &raw.sample_hz,
-            defaults::SAMPLE_HZ,
-            0.0,
-            false,
-            Some(1000.0),
-        );
+        let sample_hz =
+            self.number("measurement.sample_hz", &raw.sample_hz, defaults::SAMPLE_HZ, 0.0, false, Some(1000.0));
         let b = raw.baseline.clone().unwrap_or_default();
         let baseline = Baseline {
             cache_ttl_s: self.number(
@@ -523,18 +443,8 @@ impl Checker {
             ),
         };
         let w = raw.warmup.clone().unwrap_or_default();
-        let window = self.count(
-            "measurement.warmup.window",
-            &w.window,
-            defaults::WARMUP_WINDOW,
-            2,
-        );
-        let max_prompts = self.count(
-            "measurement.warmup.max_prompts",
-            &w.max_prompts,
-            defaults::WARMUP_MAX_PROMPTS,
-            1,
-        );
+        let window = self.count("measurement.warmup.window", &w.window, defaults::WARMUP_WINDOW, 2);
+        let max_prompts = self.count("measurement.warmup.max_prompts", &w.max_prompts, defaults::WARMUP_MAX_PROMPTS, 1);
         let prompts = w.prompts.as_ref().map(|p| p.value);
         if prompts.is_none() && max_prompts < window {
             let span = self.span_of(&w.max_prompts);
@@ -545,42 +455,17 @@ impl Checker {
             );
         }
         let warmup = Warmup {
-            cv: self.number(
-                "measurement.warmup.cv",
-                &w.cv,
-                defaults::WARMUP_CV,
-                0.0,
-                false,
-                Some(1.0),
-            ),
+            cv: self.number("measurement.warmup.cv", &w.cv, defaults::WARMUP_CV, 0.0, false, Some(1.0)),
             max_prompts,
             prompts,
             window,
         };
         let t = raw.thermal_floor.clone().unwrap_or_default();
-        let min_s = self.number(
-            "measurement.thermal_floor.min_s",
-            &t.min_s,
-            defaults::THERMAL_MIN_S,
-            0.0,
-            true,
-            None,
-        );
-        let max_s = self.number(
-            "measurement.thermal_floor.max_s",
-            &t.max_s,
-            defaults::THERMAL_MAX_S,
-            0.0,
-            true,
-            None,
-        );
+        let min_s = self.number("measurement.thermal_floor.min_s", &t.min_s, defaults::THERMAL_MIN_S, 0.0, true, None);
+        let max_s = self.number("measurement.thermal_floor.max_s", &t.max_s, defaults::THERMAL_MAX_S, 0.0, true, None);
         if max_s < min_s {
             let span = self.span_of(&t.max_s);
-            self.fail(
-                span,
-                format!("`measurement.thermal_floor.max_s` ({max_s}) is below `min_s` ({min_s})"),
-                None,
-            );
+            self.fail(span, format!("`measurement.thermal_floor.max_s` ({max_s}) is below `min_s` ({min_s})"), None);
         }
         let thermal_floor = ThermalFloor {
             delta_c: self.number(
@@ -623,9 +508,7 @@ mod tests {
         assert_eq!(spec.measurement.sample_hz, defaults::SAMPLE_HZ);
         assert_eq!(defaults::ENGINE, "candle");
         assert_eq!(defaults::DEVICE, "cpu");
-        let errors = raw("batch_size: 2\n")
-            .validate(Span::default())
-            .expect_err("no model");
+        let errors = raw("batch_size: 2\n").validate(Span::default()).expect_err("no model");
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].message, "missing field `model`");
     }
@@ -640,17 +523,14 @@ mod tests {
         let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(messages.len(), 4, "{messages:?}");
         assert!(messages.iter().any(|m| m.contains("needs `command")));
-        assert!(messages
-            .iter()
-            .any(|m| m.contains("warmup could never converge")));
+        assert!(messages.iter().any(|m| m.contains("warmup could never converge")));
         assert!(messages.iter().any(|m| m.contains("below `min_s`")));
         assert!(messages.iter().any(|m| m.contains("unknown device `gpu0`")));
     }
 
     #[test]
     fn overlay_merges_sections_field_by_field() {
-        let mut base =
-            raw("model: a\ndecoding: {temperature: 0.5, top_k: 40}\nrequires: {gpu: H100}\n");
+        let mut base = raw("model: a\ndecoding: {temperature: 0.5, top_k: 40}\nrequires: {gpu: H100}\n");
         base.overlay(&raw("decoding: {top_k: 10}\nrequires: {zone: b}\n"));
         let spec = base.validate(Span::default()).expect("valid");
         assert_eq!(spec.decoding.temperature, 0.5);
@@ -660,9 +540,10 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let errors = raw("model: m\nbatch_size: 0\ndecoding: {top_p: 1.5, temperature: -1}\nmeasurement: {sample_hz: .inf}\n")
-            .validate(Span::default())
-            .expect_err("invalid");
+        let errors =
+            raw("model: m\nbatch_size: 0\ndecoding: {top_p: 1.5, temperature: -1}\nmeasurement: {sample_hz: .inf}\n")
+                .validate(Span::default())
+                .expect_err("invalid");
         assert_eq!(errors.len(), 4, "{errors:?}");
     }
 }

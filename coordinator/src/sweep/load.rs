@@ -23,50 +23,30 @@ const DEFAULT_SSH_PORT: u16 = 22;
 
 /// Reads and validates the sweep at `path`.
 pub fn load(path: &Path) -> Result<Sweep, SweepError> {
-    let mut loader = Loader {
-        sources: Sources::default(),
-        errors: Vec::new(),
-        warnings: Vec::new(),
-        hasher: Sha256::new(),
-    };
+    let mut loader =
+        Loader { sources: Sources::default(), errors: Vec::new(), warnings: Vec::new(), hasher: Sha256::new() };
     let mut chain = Vec::new();
     let layer = loader.layer(path, &mut chain, None);
     let source_hash = hex(&loader.hasher.clone().finalize());
     let Some(layer) = layer else {
-        return Err(SweepError {
-            sources: loader.sources,
-            diagnostics: loader.errors,
-        });
+        return Err(SweepError { sources: loader.sources, diagnostics: loader.errors });
     };
     let execution = loader.execution(&layer.execution, &layer.axes);
     let nodes = layer.nodes.unwrap_or_else(|| vec![NodeSpec::local()]);
     let name = match &layer.name {
         Some(n) => {
-            if n.value.is_empty()
-                || !n
-                    .value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
+            if n.value.is_empty() || !n.value.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
                 loader.errors.push(
-                    Diagnostic::at(
-                        n.span,
-                        format!("`name` {:?} cannot name a run directory", n.value),
-                    )
-                    .with_help("use letters, digits, `.`, `_` and `-`"),
+                    Diagnostic::at(n.span, format!("`name` {:?} cannot name a run directory", n.value))
+                        .with_help("use letters, digits, `.`, `_` and `-`"),
                 );
             }
             n.value.clone()
         }
-        None => path
-            .file_stem()
-            .map_or_else(|| "sweep".to_owned(), |s| s.to_string_lossy().into_owned()),
+        None => path.file_stem().map_or_else(|| "sweep".to_owned(), |s| s.to_string_lossy().into_owned()),
     };
     if !loader.errors.is_empty() {
-        return Err(SweepError {
-            sources: loader.sources,
-            diagnostics: loader.errors,
-        });
+        return Err(SweepError { sources: loader.sources, diagnostics: loader.errors });
     }
     Ok(Sweep {
         name,
@@ -114,13 +94,7 @@ fn map_node(span: Span, entries: Vec<(Node, Node)>) -> Node {
 /// `decoding.temperature: v` → `{decoding: {temperature: v}}`, keys placed at `key_span`.
 fn nest(path: &str, value: Node, key_span: Span) -> Node {
     path.rsplit('.').fold(value, |inner, segment| {
-        let key = Node::new(
-            key_span,
-            Value::Scalar {
-                text: segment.to_owned(),
-                quoted: false,
-            },
-        );
+        let key = Node::new(key_span, Value::Scalar { text: segment.to_owned(), quoted: false });
         map_node(key_span, vec![(key, inner)])
     })
 }
@@ -132,17 +106,11 @@ fn merge_into(into: &mut Node, add: Node, errors: &mut Vec<Diagnostic>) {
     };
     for (key, value) in entries {
         let name = key.as_scalar().unwrap_or_default().to_owned();
-        match target
-            .iter_mut()
-            .find(|(k, _)| k.as_scalar() == Some(name.as_str()))
-        {
+        match target.iter_mut().find(|(k, _)| k.as_scalar() == Some(name.as_str())) {
             Some((_, existing)) if existing.as_map().is_some() && value.as_map().is_some() => {
                 merge_into(existing, value, errors);
             }
-            Some(_) => errors.push(Diagnostic::at(
-                key.span,
-                format!("`{name}` is set twice in this entry"),
-            )),
+            Some(_) => errors.push(Diagnostic::at(key.span, format!("`{name}` is set twice in this entry"))),
             None => target.push((key, value)),
         }
     }
@@ -153,24 +121,17 @@ fn compact(node: &Node) -> String {
     match &node.value {
         Value::Null => "null".to_owned(),
         Value::Scalar { text, .. } => text.clone(),
-        Value::Seq(items) => format!(
-            "[{}]",
-            items.iter().map(compact).collect::<Vec<_>>().join(", ")
-        ),
+        Value::Seq(items) => format!("[{}]", items.iter().map(compact).collect::<Vec<_>>().join(", ")),
         Value::Map(entries) => format!(
             "{{{}}}",
-            entries
-                .iter()
-                .map(|(k, v)| format!("{}: {}", compact(k), compact(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            entries.iter().map(|(k, v)| format!("{}: {}", compact(k), compact(v))).collect::<Vec<_>>().join(", ")
         ),
     }
 }
 
 fn unknown_path(path: &str, span: Span) -> Diagnostic {
-    let help = did_you_mean(path, fields::names())
-        .unwrap_or_else(|| "see docs/sweep-format.md for the fields".to_owned());
+    let help =
+        did_you_mean(path, fields::names()).unwrap_or_else(|| "see docs/sweep-format.md for the fields".to_owned());
     Diagnostic::at(span, format!("unknown field `{path}`")).with_help(help)
 }
 
@@ -201,31 +162,15 @@ impl Loader {
         }
     }
 
-    fn layer(
-        &mut self,
-        path: &Path,
-        chain: &mut Vec<PathBuf>,
-        from: Option<Span>,
-    ) -> Option<Layer> {
+    fn layer(&mut self, path: &Path, chain: &mut Vec<PathBuf>, from: Option<Span>) -> Option<Layer> {
         let (id, root) = self.read(path, from)?;
         let Some(entries) = root.as_map() else {
             let message = if root.value == Value::Null {
                 "the sweep file is empty: it needs at least `model:`".to_owned()
             } else {
-                format!(
-                    "a sweep file must be a map of `key: value` entries, found {}",
-                    root.value.describe()
-                )
+                format!("a sweep file must be a map of `key: value` entries, found {}", root.value.describe())
             };
-            self.errors.push(Diagnostic::at(
-                Span {
-                    source: id,
-                    line: 1,
-                    col: 1,
-                    len: 1,
-                },
-                message,
-            ));
+            self.errors.push(Diagnostic::at(Span { source: id, line: 1, col: 1, len: 1 }, message));
             return None;
         };
         let top_fields: Vec<&str> = fields::names().filter(|n| !n.contains('.')).collect();
@@ -241,25 +186,14 @@ impl Loader {
                 _ if SWEEP_KEYS.contains(&name) => meta.push((key.clone(), value.clone())),
                 _ if top_fields.contains(&name) => experiment.push((key.clone(), value.clone())),
                 _ => {
-                    let help = did_you_mean(
-                        name,
-                        SWEEP_KEYS.iter().copied().chain(top_fields.iter().copied()),
-                    )
-                    .unwrap_or_else(|| {
-                        "see docs/sweep-format.md for the keys a sweep file takes".to_owned()
-                    });
-                    self.errors.push(
-                        Diagnostic::at(key.span, format!("unknown field `{name}`")).with_help(help),
-                    );
+                    let help = did_you_mean(name, SWEEP_KEYS.iter().copied().chain(top_fields.iter().copied()))
+                        .unwrap_or_else(|| "see docs/sweep-format.md for the keys a sweep file takes".to_owned());
+                    self.errors.push(Diagnostic::at(key.span, format!("unknown field `{name}`")).with_help(help));
                 }
             }
         }
-        let meta: RawMeta = self
-            .decode(&map_node(root.span, meta), "")
-            .unwrap_or_default();
-        let fixed: RawExperiment = self
-            .decode(&map_node(root.span, experiment), "")
-            .unwrap_or_default();
+        let meta: RawMeta = self.decode(&map_node(root.span, meta), "").unwrap_or_default();
+        let fixed: RawExperiment = self.decode(&map_node(root.span, experiment), "").unwrap_or_default();
 
         let mut layer = Layer {
             name: meta.name,
@@ -277,27 +211,17 @@ impl Loader {
             return Some(layer);
         };
         let base_path = path.parent().unwrap_or(Path::new("")).join(&base.value);
-        let canonical = base_path
-            .canonicalize()
-            .unwrap_or_else(|_| base_path.clone());
+        let canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
         chain.push(path.canonicalize().unwrap_or_else(|_| path.to_owned()));
         if chain.contains(&canonical) {
             let names: Vec<String> = chain
                 .iter()
                 .chain(std::iter::once(&canonical))
-                .map(|p| {
-                    p.file_name().map_or_else(
-                        || p.display().to_string(),
-                        |f| f.to_string_lossy().into_owned(),
-                    )
-                })
+                .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned()))
                 .collect();
             self.errors.push(
-                Diagnostic::at(
-                    base.span,
-                    format!("`base:` forms a cycle: {}", names.join(" → ")),
-                )
-                .with_help("a sweep's base chain must end in a file without `base:`"),
+                Diagnostic::at(base.span, format!("`base:` forms a cycle: {}", names.join(" → ")))
+                    .with_help("a sweep's base chain must end in a file without `base:`"),
             );
             return None;
         }
@@ -337,8 +261,7 @@ impl Loader {
         let before = self.errors.len();
         for (key, value) in pairs {
             let Some(path) = key.as_scalar() else {
-                self.errors
-                    .push(Diagnostic::at(key.span, "a key must be a field name"));
+                self.errors.push(Diagnostic::at(key.span, "a key must be a field name"));
                 continue;
             };
             if fields::kind(path).is_none() {
@@ -346,31 +269,20 @@ impl Loader {
                 continue;
             }
             display.push((path.to_owned(), compact(value)));
-            merge_into(
-                &mut combined,
-                nest(path, value.clone(), key.span),
-                &mut self.errors,
-            );
+            merge_into(&mut combined, nest(path, value.clone(), key.span), &mut self.errors);
         }
         let raw = self.decode::<RawExperiment>(&combined, "");
         if self.errors.len() > before {
             return None;
         }
-        Some(Patch {
-            raw: raw?,
-            span,
-            display,
-        })
+        Some(Patch { raw: raw?, span, display })
     }
 
     fn axes(&mut self, node: &Node) -> Vec<Axis> {
         let Some(entries) = node.as_map() else {
             self.errors.push(Diagnostic::at(
                 node.span,
-                format!(
-                    "`sweep` must be a map of field → list of values, found {}",
-                    node.value.describe()
-                ),
+                format!("`sweep` must be a map of field → list of values, found {}", node.value.describe()),
             ));
             return Vec::new();
         };
@@ -381,15 +293,13 @@ impl Loader {
                 self.errors.push(unknown_path(path, key.span));
                 continue;
             }
-            if let Some(other) = axes.iter().find(|a| {
-                path.starts_with(&format!("{}.", a.path)) || a.path.starts_with(&format!("{path}."))
-            }) {
+            if let Some(other) = axes
+                .iter()
+                .find(|a| path.starts_with(&format!("{}.", a.path)) || a.path.starts_with(&format!("{path}.")))
+            {
                 self.errors.push(
-                    Diagnostic::at(
-                        key.span,
-                        format!("`sweep.{path}` overlaps `sweep.{}`", other.path),
-                    )
-                    .with_help("sweep a section or its fields, not both"),
+                    Diagnostic::at(key.span, format!("`sweep.{path}` overlaps `sweep.{}`", other.path))
+                        .with_help("sweep a section or its fields, not both"),
                 );
                 continue;
             }
@@ -421,11 +331,7 @@ impl Loader {
                 seen.push(json);
                 values.push(patch);
             }
-            axes.push(Axis {
-                path: path.to_owned(),
-                span: key.span,
-                values,
-            });
+            axes.push(Axis { path: path.to_owned(), span: key.span, values });
         }
         axes
     }
@@ -443,10 +349,7 @@ impl Loader {
             _ => {
                 self.errors.push(Diagnostic::at(
                     node.span,
-                    format!(
-                        "`{what}` must be a list of maps (`- {{field: value}}`), found {}",
-                        node.value.describe()
-                    ),
+                    format!("`{what}` must be a list of maps (`- {{field: value}}`), found {}", node.value.describe()),
                 ));
                 Vec::new()
             }
@@ -457,12 +360,13 @@ impl Loader {
         let mut out = Vec::new();
         for entry in self.entries(node, "include") {
             match entry.as_map() {
-                Some([]) | None => self.errors.push(Diagnostic::at(
+                Some([]) => self.errors.push(Diagnostic::at(
                     entry.span,
-                    format!(
-                        "an `include` entry must be a map of fields, found {}",
-                        entry.value.describe()
-                    ),
+                    "an `include` entry is empty: give the fields of the point to add",
+                )),
+                None => self.errors.push(Diagnostic::at(
+                    entry.span,
+                    format!("an `include` entry must be a map of fields, found {}", entry.value.describe()),
                 )),
                 Some(pairs) => out.extend(self.patch(entry.span, pairs)),
             }
@@ -476,10 +380,7 @@ impl Loader {
             let Some(pairs @ [_, ..]) = entry.as_map() else {
                 self.errors.push(Diagnostic::at(
                     entry.span,
-                    format!(
-                        "an `exclude` entry must be a map of fields, found {}",
-                        entry.value.describe()
-                    ),
+                    format!("an `exclude` entry must be a map of fields, found {}", entry.value.describe()),
                 ));
                 continue;
             };
@@ -496,15 +397,9 @@ impl Loader {
                     continue;
                 };
                 let json = serde_json::to_value(&patch.raw).unwrap_or_default();
-                matches.push((
-                    path.to_owned(),
-                    fields::lookup(&json, path).cloned().unwrap_or_default(),
-                ));
+                matches.push((path.to_owned(), fields::lookup(&json, path).cloned().unwrap_or_default()));
             }
-            out.push(Exclude {
-                span: entry.span,
-                matches,
-            });
+            out.push(Exclude { span: entry.span, matches });
         }
         out
     }
@@ -518,10 +413,7 @@ impl Loader {
         let from_file;
         let node = match (inline, nodes_file) {
             (Some(_), Some(f)) => {
-                self.errors.push(Diagnostic::at(
-                    f.span,
-                    "give either `nodes:` or `nodes_file:`, not both",
-                ));
+                self.errors.push(Diagnostic::at(f.span, "give either `nodes:` or `nodes_file:`, not both"));
                 return None;
             }
             (Some(node), None) => node,
@@ -551,11 +443,8 @@ impl Loader {
                     };
                     if out.iter().any(|o| o.name == spec.name) {
                         self.errors.push(
-                            Diagnostic::at(
-                                node_item_span(node, i),
-                                format!("two nodes are named `{}`", spec.name),
-                            )
-                            .with_help("give each node its own `name:`"),
+                            Diagnostic::at(node_item_span(node, i), format!("two nodes are named `{}`", spec.name))
+                                .with_help("give each node its own `name:`"),
                         );
                         continue;
                     }
@@ -566,10 +455,7 @@ impl Loader {
             _ => {
                 self.errors.push(Diagnostic::at(
                     node.span,
-                    format!(
-                        "`nodes` must be `local` or a list of nodes, found {}",
-                        node.value.describe()
-                    ),
+                    format!("`nodes` must be `local` or a list of nodes, found {}", node.value.describe()),
                 ));
                 None
             }
@@ -586,8 +472,7 @@ impl Loader {
         };
         let port = match raw.port {
             Some(p) if p.value == 0 => {
-                self.errors
-                    .push(Diagnostic::at(p.span, "`port` must be between 1 and 65535"));
+                self.errors.push(Diagnostic::at(p.span, "`port` must be between 1 and 65535"));
                 return None;
             }
             Some(p) => p.value,
@@ -603,12 +488,7 @@ impl Loader {
                 known_hosts: raw.known_hosts.map(|u| u.value),
             },
             gpus: raw.gpus.map(|g| g.value),
-            labels: raw
-                .labels
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.value))
-                .collect(),
+            labels: raw.labels.unwrap_or_default().into_iter().map(|(k, v)| (k, v.value)).collect(),
         })
     }
 
@@ -622,16 +502,10 @@ impl Loader {
         }
         let mut seconds = |name: &str, field: &Option<Spanned<f64>>| {
             let value = field.as_ref().map_or(0.0, |f| f.value);
-            if let Some(f) = field
-                .as_ref()
-                .filter(|f| !f.value.is_finite() || f.value < 0.0)
-            {
+            if let Some(f) = field.as_ref().filter(|f| !f.value.is_finite() || f.value < 0.0) {
                 self.errors.push(Diagnostic::at(
                     f.span,
-                    format!(
-                        "`execution.{name}` must be a number of seconds ≥ 0, found {}",
-                        f.value
-                    ),
+                    format!("`execution.{name}` must be a number of seconds ≥ 0, found {}", f.value),
                 ));
             }
             value
@@ -643,13 +517,22 @@ impl Loader {
             match fields::kind(&name.value) {
                 None => self.errors.push(unknown_path(&name.value, name.span)),
                 Some(Kind::Number) if monotone.contains(&name.value) => {
-                    self.errors.push(Diagnostic::at(name.span, format!("`{}` is listed twice in `execution.monotone`", name.value)));
+                    self.errors.push(Diagnostic::at(
+                        name.span,
+                        format!("`{}` is listed twice in `execution.monotone`", name.value),
+                    ));
                 }
                 Some(Kind::Number) => {
                     if !axes.iter().any(|a| a.path == name.value) {
                         self.warnings.push(
-                            Diagnostic::at(name.span, format!("`execution.monotone` names `{}`, which is not swept: it has no effect", name.value))
-                                .with_help(format!("add `{}` under `sweep:`, or remove it here", name.value)),
+                            Diagnostic::at(
+                                name.span,
+                                format!(
+                                    "`execution.monotone` names `{}`, which is not swept: it has no effect",
+                                    name.value
+                                ),
+                            )
+                            .with_help(format!("add `{}` under `sweep:`, or remove it here", name.value)),
                         );
                     }
                     monotone.push(name.value.clone());
@@ -684,9 +567,5 @@ pub fn describe_labels(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "no labels".to_owned();
     }
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
 }

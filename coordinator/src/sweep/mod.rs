@@ -77,6 +77,16 @@ pub enum Order {
     Shuffled,
 }
 
+impl std::fmt::Display for Order {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Order::Sequential => "sequential",
+            Order::Interleaved => "interleaved",
+            Order::Shuffled => "shuffled",
+        })
+    }
+}
+
 /// `execution:` settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Execution {
@@ -107,23 +117,12 @@ pub enum Transport {
     /// The agent is a child process of the coordinator.
     Local,
     /// The agent is started over SSH.
-    Ssh {
-        host: String,
-        port: u16,
-        user: Option<String>,
-        identity_file: Option<String>,
-        known_hosts: Option<String>,
-    },
+    Ssh { host: String, port: u16, user: Option<String>, identity_file: Option<String>, known_hosts: Option<String> },
 }
 
 impl NodeSpec {
     pub fn local() -> Self {
-        NodeSpec {
-            name: "local".to_owned(),
-            transport: Transport::Local,
-            gpus: None,
-            labels: BTreeMap::new(),
-        }
+        NodeSpec { name: "local".to_owned(), transport: Transport::Local, gpus: None, labels: BTreeMap::new() }
     }
 }
 

@@ -12,16 +12,7 @@ use super::Order;
 type S<T> = Option<Spanned<T>>;
 
 /// Keys that belong to the sweep rather than to an experiment.
-pub const SWEEP_KEYS: &[&str] = &[
-    "name",
-    "base",
-    "sweep",
-    "include",
-    "exclude",
-    "execution",
-    "nodes",
-    "nodes_file",
-];
+pub const SWEEP_KEYS: &[&str] = &["name", "base", "sweep", "include", "exclude", "execution", "nodes", "nodes_file"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

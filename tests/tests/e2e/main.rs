@@ -1,0 +1,4 @@
+//! llem's end-to-end tests: the real binaries on real files, real peers. One test
+//! binary, a module per area.
+
+mod sweeps;
