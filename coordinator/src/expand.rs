@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use llem_common::diag::Diagnostic;
 use llem_common::spec::{fields, raw::RawExperiment};
-use llem_common::spec::{job_id, Device, ExperimentSpec, SpecHash};
+use llem_common::spec::{job_id, Device, ExperimentSpec, SpecHash, SpecHashMap};
 use llem_common::yaml::Span;
 
 use crate::sweep::{Order, Sweep};
@@ -143,7 +143,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
     let mut placer = Placer::new(sweep);
     let mut points: Vec<Point> = Vec::with_capacity(usize::try_from(grid).unwrap_or(0).min(1 << 24));
     let mut grid_indices: Vec<u32> = Vec::with_capacity(points.capacity() * n_axes);
-    let mut hashes: HashMap<SpecHash, u32> = HashMap::with_capacity(points.capacity());
+    let mut hashes: SpecHashMap<u32> = SpecHashMap::with_capacity_and_hasher(points.capacity(), Default::default());
     let mut exclude_hits = vec![0u64; sweep.excludes.len()];
     let mut excluded = 0u64;
     let mut models: Vec<String> = Vec::new();
@@ -157,51 +157,46 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
         }
     };
 
-    let mut idx = vec![0u32; n_axes];
     if radices.iter().all(|&r| r > 0) {
-        loop {
-            let mut raw = sweep.fixed.clone();
-            for (axis, &i) in sweep.axes.iter().zip(&idx) {
-                raw.overlay(&axis.values[i as usize].raw);
-            }
-            match raw.validate(sweep.fixed_span) {
-                Err(errs) => record(errs, &mut errors),
-                Ok(spec) => {
-                    let hit = (!sweep.excludes.is_empty()).then(|| excluded_by(sweep, &spec)).flatten();
-                    if let Some(e) = hit {
+        // Points are evaluated (overlay, validate, hash) in parallel batches and merged in
+        // grid order, so the result is the same as a sequential pass.
+        let mut start = 0u64;
+        while start < grid {
+            let end = (start + BATCH).min(grid);
+            for (n, outcome) in (start..end).zip(evaluate_grid(sweep, &radices, start, end)) {
+                let (spec, hash, requires_span) = match outcome {
+                    Outcome::Invalid(errs) => {
+                        record(errs, &mut errors);
+                        continue;
+                    }
+                    Outcome::Excluded(e) => {
                         exclude_hits[e] += 1;
                         excluded += 1;
-                    } else {
-                        let hash = spec.hash();
-                        if let Some(&first) = hashes.get(&hash) {
-                            let at = sweep.axes.first().map_or(sweep.fixed_span, |a| a.span);
-                            let other = describe(sweep, &grid_indices, n_axes, &points[first as usize]);
-                            let this = describe_idx(sweep, &idx);
-                            record(
-                                vec![Diagnostic::at(
-                                    at,
-                                    format!("grid points {this} and {other} are the same experiment"),
-                                )
-                                .with_help("two values of a `sweep:` key resolve to the same setting")],
-                                &mut errors,
-                            );
-                        } else {
-                            match placer.place(&spec, span_of_requires(&raw, sweep.fixed_span)) {
-                                Ok(p) => {
-                                    hashes.insert(hash, points.len() as u32);
-                                    grid_indices.extend_from_slice(&idx);
-                                    let origin = Origin::Grid(points.len() as u32);
-                                    points.push(Point { origin, hash, placement: p, model: model_of(&spec) });
-                                }
-                                Err(e) => record(vec![e], &mut errors),
-                            }
-                        }
+                        continue;
                     }
+                    Outcome::Valid(spec, hash, span) => (spec, hash, span),
+                };
+                let idx = decode(n, &radices);
+                if let Some(&first) = hashes.get(&hash) {
+                    let at = sweep.axes.first().map_or(sweep.fixed_span, |a| a.span);
+                    let other = describe(sweep, &grid_indices, n_axes, &points[first as usize]);
+                    let this = describe_idx(sweep, &idx);
+                    let message = format!("grid points {this} and {other} are the same experiment");
+                    let help = "two values of a `sweep:` key resolve to the same setting";
+                    record(vec![Diagnostic::at(at, message).with_help(help)], &mut errors);
+                    continue;
+                }
+                match placer.place(&spec, requires_span) {
+                    Ok(p) => {
+                        hashes.insert(hash, points.len() as u32);
+                        grid_indices.extend_from_slice(&idx);
+                        let origin = Origin::Grid(points.len() as u32);
+                        points.push(Point { origin, hash, placement: p, model: model_of(&spec) });
+                    }
+                    Err(e) => record(vec![e], &mut errors),
                 }
             }
-            if !advance(&mut idx, &radices) {
-                break;
-            }
+            start = end;
         }
     }
     // A sweep with axes but no grid (all excluded) still runs its includes.
@@ -313,16 +308,60 @@ pub fn json_matches(have: &serde_json::Value, want: &serde_json::Value) -> bool 
     }
 }
 
-/// Steps a mixed-radix counter (last axis fastest); `false` once it wraps around.
-fn advance(idx: &mut [u32], radices: &[u32]) -> bool {
-    for k in (0..idx.len()).rev() {
-        idx[k] += 1;
-        if idx[k] < radices[k] {
-            return true;
-        }
-        idx[k] = 0;
+/// Grid points evaluated per parallel batch (bounds the specs held at once).
+const BATCH: u64 = 1 << 16;
+
+/// The axis value indices of grid point `n` (last axis fastest).
+fn decode(mut n: u64, radices: &[u32]) -> Vec<u32> {
+    let mut idx = vec![0u32; radices.len()];
+    for k in (0..radices.len()).rev() {
+        let r = u64::from(radices[k]);
+        idx[k] = (n % r) as u32;
+        n /= r;
     }
-    false
+    idx
+}
+
+enum Outcome {
+    Invalid(Vec<Diagnostic>),
+    Excluded(usize),
+    Valid(ExperimentSpec, SpecHash, Span),
+}
+
+fn evaluate_point(sweep: &Sweep, idx: &[u32]) -> Outcome {
+    let mut raw = sweep.fixed.clone();
+    for (axis, &i) in sweep.axes.iter().zip(idx) {
+        raw.overlay(&axis.values[i as usize].raw);
+    }
+    match raw.validate(sweep.fixed_span) {
+        Err(errs) => Outcome::Invalid(errs),
+        Ok(spec) => match (!sweep.excludes.is_empty()).then(|| excluded_by(sweep, &spec)).flatten() {
+            Some(e) => Outcome::Excluded(e),
+            None => {
+                let hash = spec.hash();
+                Outcome::Valid(spec, hash, span_of_requires(&raw, sweep.fixed_span))
+            }
+        },
+    }
+}
+
+/// Evaluates grid points `start..end` on all cores, in order.
+fn evaluate_grid(sweep: &Sweep, radices: &[u32], start: u64, end: u64) -> Vec<Outcome> {
+    let n = end - start;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(8) as u64;
+    if threads == 1 || n < 1024 {
+        return (start..end).map(|i| evaluate_point(sweep, &decode(i, radices))).collect();
+    }
+    let chunk = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (a, b) = (start + t * chunk, (start + (t + 1) * chunk).min(end));
+                scope.spawn(move || (a..b).map(|i| evaluate_point(sweep, &decode(i, radices))).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
 }
 
 /// Jobs in execution order.

@@ -6,15 +6,16 @@
 //! same configuration at the next smaller value of that field, so a failure there (out of
 //! memory, say) can skip the larger ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use llem_common::diag::Diagnostic;
 use llem_common::spec::fields;
 use petgraph::algo::{kosaraju_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
-use sha2::{Digest, Sha256};
 
-use crate::expand::{expand, point_spec, Expansion};
+use llem_common::spec::SpecHashMap;
+
+use crate::expand::{expand, point_raw, Expansion, Origin};
 use crate::sweep::Sweep;
 
 /// A unit of work in the graph.
@@ -82,44 +83,87 @@ impl Plan {
     }
 
     /// Chains each monotone field's values within groups of otherwise equal configs.
+    ///
+    /// Two points are in one group when they are equal once the field is set to the
+    /// axis's first value; the group key is then that point's spec hash. For grid points
+    /// this is found from axis indices alone (no spec is rebuilt), which keeps a
+    /// million-point sweep fast; include entries are resolved individually.
     fn add_monotone_edges(&mut self) {
-        let monotone = self.sweep.execution.monotone.clone();
-        if monotone.is_empty() {
-            return;
-        }
-        let n_points = self.expansion.points.len();
-        let cycles = self.sweep.execution.cycles as usize;
-        // job index of (point, cycle)
-        let mut job_of = vec![u32::MAX; n_points * cycles];
-        for (j, job) in self.expansion.jobs.iter().enumerate() {
-            job_of[job.point as usize * cycles + (job.cycle as usize - 1)] = j as u32;
-        }
-        let specs: Vec<serde_json::Value> =
-            self.expansion.points.iter().map(|p| point_spec(&self.sweep, &self.expansion, p).to_json()).collect();
-        for field in &monotone {
-            // BTreeMap: edges come out in the same order every time (plan --json is reproducible).
-            let mut groups: BTreeMap<[u8; 32], Vec<(f64, usize)>> = BTreeMap::new();
-            for (p, json) in specs.iter().enumerate() {
-                let Some(value) = fields::lookup(json, field).and_then(serde_json::Value::as_f64) else {
-                    continue;
-                };
-                let mut rest = json.clone();
-                if let Some(slot) = field.split('.').try_fold(&mut rest, |v, k| v.get_mut(k)) {
-                    *slot = serde_json::Value::Null;
+        let (sweep, exp) = (&self.sweep, &self.expansion);
+        let cycles = sweep.execution.cycles as usize;
+        let n_axes = sweep.axes.len();
+        let mut edges: Vec<(u32, u32)> = Vec::new();
+        for field in &sweep.execution.monotone {
+            // A field that is not swept has one value: nothing to chain (load warns).
+            let Some(k) = sweep.axes.iter().position(|a| a.path == *field) else { continue };
+            let axis = &sweep.axes[k];
+            let value_of = |raw: &llem_common::spec::raw::RawExperiment| {
+                let json = serde_json::to_value(raw).unwrap_or_default();
+                fields::lookup(&json, field).and_then(serde_json::Value::as_f64)
+            };
+            let axis_values: Vec<Option<f64>> = axis.values.iter().map(|v| value_of(&v.raw)).collect();
+            let radices: Vec<u64> = sweep.axes.iter().map(|a| a.values.len() as u64).collect();
+            let linear = |idx: &[u32]| idx.iter().zip(&radices).fold(0u64, |n, (&i, &r)| n * r + u64::from(i));
+            // grid number → point (u32::MAX where excluded)
+            let mut by_linear = vec![u32::MAX; exp.counts.grid as usize];
+            for (p, point) in exp.points.iter().enumerate() {
+                if matches!(point.origin, Origin::Grid(_)) {
+                    by_linear[linear(exp.indices(n_axes, point)) as usize] = p as u32;
                 }
-                let key: [u8; 32] = Sha256::digest(rest.to_string().as_bytes()).into();
-                groups.entry(key).or_default().push((value, p));
             }
-            for mut group in groups.into_values() {
+            let key_of_raw = |mut raw: llem_common::spec::raw::RawExperiment| {
+                raw.overlay(&axis.values[0].raw);
+                raw.validate(sweep.fixed_span).ok().map(|s| s.hash())
+            };
+            let mut group_of: SpecHashMap<usize> = SpecHashMap::default();
+            let mut idx: Vec<u32> = Vec::with_capacity(n_axes);
+            let mut groups: Vec<Vec<(f64, usize)>> = Vec::new();
+            for (p, point) in exp.points.iter().enumerate() {
+                let (key, value) = match point.origin {
+                    Origin::Grid(_) => {
+                        idx.clear();
+                        idx.extend_from_slice(exp.indices(n_axes, point));
+                        let value = axis_values[idx[k] as usize];
+                        idx[k] = 0;
+                        let first = by_linear[linear(&idx) as usize];
+                        let key = (first != u32::MAX).then(|| exp.points[first as usize].hash).or_else(|| {
+                            // The group's first point was excluded: rebuild its spec.
+                            let mut raw = sweep.fixed.clone();
+                            for (a, &i) in sweep.axes.iter().zip(&idx) {
+                                raw.overlay(&a.values[i as usize].raw);
+                            }
+                            key_of_raw(raw)
+                        });
+                        (key, value)
+                    }
+                    Origin::Include(_) => {
+                        let raw = point_raw(sweep, exp, point);
+                        (key_of_raw(raw.clone()), value_of(&raw))
+                    }
+                };
+                let (Some(key), Some(value)) = (key, value) else { continue };
+                let g = *group_of.entry(key).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[g].push((value, p));
+            }
+            // job index of (point, cycle)
+            let mut job_of = vec![u32::MAX; exp.points.len() * cycles];
+            for (j, job) in exp.jobs.iter().enumerate() {
+                job_of[job.point as usize * cycles + (job.cycle as usize - 1)] = j as u32;
+            }
+            for mut group in groups {
                 group.sort_by(|a, b| a.0.total_cmp(&b.0));
                 for pair in group.windows(2) {
                     for c in 0..cycles {
-                        let from = job_of[pair[0].1 * cycles + c];
-                        let to = job_of[pair[1].1 * cycles + c];
-                        self.graph.add_edge(self.job_nodes[from as usize], self.job_nodes[to as usize], Dep::After);
+                        edges.push((job_of[pair[0].1 * cycles + c], job_of[pair[1].1 * cycles + c]));
                     }
                 }
             }
+        }
+        for (from, to) in edges {
+            self.graph.add_edge(self.job_nodes[from as usize], self.job_nodes[to as usize], Dep::After);
         }
     }
 

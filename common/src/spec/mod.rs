@@ -194,8 +194,38 @@ pub struct ExperimentSpec {
 }
 
 /// sha256 of an experiment's canonical JSON: the identity of a configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SpecHash(pub [u8; 32]);
+
+impl std::hash::Hash for SpecHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Already a cryptographic hash: its first 8 bytes are as good as any digest of it.
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// Hashes a [`SpecHash`] by taking its first bytes (no second hashing).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpecHasher(u64);
+
+impl std::hash::Hasher for SpecHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by spec hashes.
+pub type SpecHashMap<V> = std::collections::HashMap<SpecHash, V, std::hash::BuildHasherDefault<SpecHasher>>;
 
 impl SpecHash {
     /// The short config id: 16 hex digits (64 bits; collisions are checked on the full
@@ -208,28 +238,17 @@ impl SpecHash {
 impl ExperimentSpec {
     /// Hashes the canonical JSON form (keys sorted, defaults filled).
     pub fn hash(&self) -> SpecHash {
-        let mut hasher = Sha256::new();
-        hasher.update(b"llem-experiment-v1\n");
-        // Writing into the hasher cannot fail, and serialising these types cannot either.
-        let _ = serde_json::to_writer(HashWriter(&mut hasher), self);
-        SpecHash(hasher.finalize().into())
+        let mut canonical = Vec::with_capacity(1024);
+        canonical.extend_from_slice(b"llem-experiment-v1\n");
+        // Serialising these types cannot fail. One buffer, one hash update: many tiny
+        // updates cost more than the serialising.
+        let _ = serde_json::to_writer(&mut canonical, self);
+        SpecHash(Sha256::digest(&canonical).into())
     }
 
     /// The spec as JSON (for reports, `plan --json` and field look-ups).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
