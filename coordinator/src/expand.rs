@@ -322,6 +322,8 @@ fn decode(mut n: u64, radices: &[u32]) -> Vec<u32> {
     idx
 }
 
+// Most outcomes are `Valid`; boxing the spec would allocate once more per point.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Invalid(Vec<Diagnostic>),
     Excluded(usize),
