@@ -1,9 +1,98 @@
-//! llem-agent: runs on a node; owns sensors, the GPU lock and the engines.
+//! llem-agent: runs on a node; owns sensors, the device lock and the engines.
+//!
+//! Its stdout is the protocol when serving a coordinator; logs always go to stderr.
 
+use std::io::Write as _;
 use std::process::ExitCode;
+
+use clap::Parser;
+
+pub mod baseline;
+pub mod cli;
+pub mod clock;
+pub mod energy;
+pub mod fsutil;
+pub mod lock;
+pub mod probe;
+pub mod run;
+pub mod sampler;
+pub mod sensor;
+pub mod sequence;
+pub mod timeseries;
+pub mod warnings;
+pub mod workload;
+
+const EXIT_RUN_FAILED: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
 
 /// Entry point of the `llem-agent` binary.
 pub fn main() -> ExitCode {
-    eprintln!("llem-agent {}: nothing to do yet", env!("CARGO_PKG_VERSION"));
-    ExitCode::from(2)
+    let cli = cli::Cli::parse();
+    let default = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: failed to {err:#}");
+            ExitCode::from(EXIT_RUN_FAILED)
+        }
+    }
+}
+
+fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        cli::Command::Probe { json } => {
+            let report = probe::probe();
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &report)?;
+                writeln!(stdout)?;
+            } else {
+                write!(stdout, "{}", probe::render(&report))?;
+            }
+            Ok(0)
+        }
+        cli::Command::Run(args) => {
+            let text = match std::fs::read_to_string(&args.job) {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("error: failed to read `{}`: {e}", args.job.display());
+                    return Ok(EXIT_BAD_INPUT);
+                }
+            };
+            let spec = match llem_common::spec::experiment_from_yaml(&args.job.display().to_string(), &text) {
+                Ok(spec) => spec,
+                Err((sources, diagnostics)) => {
+                    eprint!("{}", llem_common::diag::render_all(&diagnostics, &sources));
+                    return Ok(EXIT_BAD_INPUT);
+                }
+            };
+            let job_id = args.job_id.unwrap_or_else(|| llem_common::spec::job_id(&spec.hash(), 1));
+            let state_dir = args.state_dir.unwrap_or_else(run::default_state_dir);
+            let result = run::run_job(&spec, &job_id, &args.out, &state_dir)?;
+            let e = &result.energy;
+            let joules = e.total_j.map_or_else(|| "not measured".to_owned(), |j| format!("{j:.2} J ({})", e.source));
+            writeln!(
+                stdout,
+                "{job_id}: {:.2} s, {} output tokens, energy {joules}; {}",
+                result.duration_s,
+                result.tokens.output,
+                args.out.join("result.json").display()
+            )?;
+            for w in &result.warnings {
+                tracing::warn!("{}: {}", w.code, w.message);
+            }
+            Ok(0)
+        }
+    }
 }

@@ -4,5 +4,6 @@
 
 pub mod de;
 pub mod diag;
+pub mod result;
 pub mod spec;
 pub mod yaml;

@@ -258,6 +258,25 @@ pub fn job_id(hash: &SpecHash, cycle: u32) -> String {
     format!("{}-c{cycle}", hash.short())
 }
 
+/// Reads one experiment from YAML text in the sweep-file field names (`llem-agent run
+/// --job FILE`). On failure, every problem and the source to show them in.
+pub fn experiment_from_yaml(
+    name: &str,
+    text: &str,
+) -> Result<ExperimentSpec, (crate::yaml::Sources, Vec<crate::diag::Diagnostic>)> {
+    let mut sources = crate::yaml::Sources::default();
+    let id = sources.add(name, text);
+    let node = match crate::yaml::parse(id, text) {
+        Ok(node) => node,
+        Err(e) => return Err((sources, vec![crate::diag::Diagnostic::at(e.span, e.message)])),
+    };
+    let raw: raw::RawExperiment = match crate::de::from_node(&node, "") {
+        Ok(raw) => raw,
+        Err(errors) => return Err((sources, errors)),
+    };
+    raw.validate(node.span).map_err(|errors| (sources, errors))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
 //! llem's end-to-end tests: the real binaries on real files, real peers. One test
 //! binary, a module per area.
 
+mod agent;
 mod sweeps;

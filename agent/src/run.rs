@@ -1,0 +1,70 @@
+//! `llem-agent run`: one experiment through the locked sequence, leaving `result.json`
+//! and `timeseries.parquet` in the output directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use llem_common::result::JobResult;
+use llem_common::spec::{Device, ExperimentSpec};
+
+use crate::baseline::FileBaselineStore;
+use crate::clock::SystemClock;
+use crate::lock::DeviceLock;
+use crate::sampler::{Meter as _, ThreadedMeter};
+use crate::sequence::{self, Context};
+use crate::{fsutil, probe, sensor, timeseries, workload};
+
+/// Where the agent keeps locks and cached baselines: `$LLEM_STATE_DIR`, else
+/// `~/.cache/llem/agent`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LLEM_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    home.join(".cache").join("llem").join("agent")
+}
+
+/// The lock name of a device. `cuda` (any GPU) runs on GPU 0 when run directly; the
+/// coordinator assigns a GPU before dispatching.
+fn lock_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_owned(),
+        Device::Cuda(i) => format!("gpu-{}", i.unwrap_or(0)),
+    }
+}
+
+/// Runs one job; returns its result (already written to `out`).
+pub fn run_job(spec: &ExperimentSpec, job_id: &str, out: &Path, state_dir: &Path) -> Result<JobResult> {
+    std::fs::create_dir_all(out).with_context(|| format!("create the output directory {}", out.display()))?;
+    let device = match spec.device {
+        Device::Cuda(None) => Device::Cuda(Some(0)),
+        d => d,
+    };
+    let (sensor, skipped) = sensor::open(spec.measurement.energy, device).context("open the energy sensor")?;
+    for reason in &skipped {
+        tracing::info!("energy source skipped: {reason}");
+    }
+    let _lock = DeviceLock::acquire(state_dir, &lock_name(device), job_id)
+        .with_context(|| format!("take the lock of {device} in {}", state_dir.display()))?;
+
+    let clock = Arc::new(SystemClock::default());
+    let mut meter = ThreadedMeter::new(sensor, Arc::clone(&clock));
+    let (gpus, driver) = meter.with_sensor(|s| (s.gpu_info(), s.driver_version()));
+    let mut node = probe::host_snapshot(&device.to_string());
+    node.driver_version = driver;
+    let ctx = Context { job_id: job_id.to_owned(), node, gpus, skipped_sensors: skipped };
+    let mut engine = workload::for_spec(spec, clock.as_ref(), out).context("start the engine")?;
+    let store = FileBaselineStore::new(state_dir);
+    let measured = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx)?;
+    let _ = meter.stop();
+
+    let mut result = measured.result;
+    let rows = timeseries::downsample(&measured.window, &measured.devices);
+    result.sampling.timeseries_rows = rows.len() as u64;
+    let parquet = timeseries::to_parquet(&rows).context("encode timeseries.parquet")?;
+    fsutil::write_atomic(&out.join("timeseries.parquet"), &parquet).context("write timeseries.parquet")?;
+    let json = serde_json::to_vec_pretty(&result).context("encode result.json")?;
+    fsutil::write_atomic(&out.join("result.json"), &json).context("write result.json")?;
+    Ok(result)
+}

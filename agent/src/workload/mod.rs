@@ -1,0 +1,66 @@
+//! Engines: what runs the prompts while the agent measures.
+//!
+//! * `synthetic` — a known CPU load, to check the measurement chain itself.
+//! * `command` — any external program, measured while it runs.
+//! * `candle` — real generation in-process (its own issue).
+
+use llem_common::spec::{Engine as EngineKind, ExperimentSpec};
+
+use crate::clock::Clock;
+
+pub mod command;
+pub mod synthetic;
+
+/// What loading left behind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    pub memory_mb: Option<f64>,
+    /// For the FLOPs estimate (PaLM: 2 × N × tokens); `None` when unknown.
+    pub non_embedding_params: Option<u64>,
+}
+
+/// One request's figures. Token counts are exact; padding never counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestMetrics {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub ttft_ms: Option<f64>,
+    /// Gaps between consecutive output tokens.
+    pub itl_ms: Vec<f64>,
+    pub request_ms: f64,
+}
+
+/// Why an engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("`engine: {0}` is not available in this build of llem-agent")]
+    Unavailable(&'static str),
+}
+
+/// An engine as the measurement sequence drives it.
+pub trait Engine {
+    /// Loads the model (or checks the program exists).
+    fn load(&mut self) -> Result<Loaded, EngineError>;
+    /// One warmup step; returns its latency in ms, or `None` when this engine has no
+    /// (more) warmup to do.
+    fn warmup_step(&mut self, step: u32) -> Result<Option<f64>, EngineError>;
+    /// The measured workload: every prompt of the job.
+    fn measure(&mut self) -> Result<Vec<RequestMetrics>, EngineError>;
+    /// Waits until the device has finished all queued work (GPU engines).
+    fn sync(&mut self) {}
+}
+
+/// The engine a spec asks for.
+pub fn for_spec<'c>(
+    spec: &ExperimentSpec,
+    clock: &'c dyn Clock,
+    work_dir: &std::path::Path,
+) -> Result<Box<dyn Engine + 'c>, EngineError> {
+    match spec.engine {
+        EngineKind::Synthetic => Ok(Box::new(synthetic::Synthetic::new(spec, clock))),
+        EngineKind::Command => Ok(Box::new(command::CommandEngine::new(spec, work_dir)?)),
+        EngineKind::Candle => Err(EngineError::Unavailable("candle")),
+    }
+}

@@ -1,0 +1,313 @@
+//! `llem-agent probe` and `llem-agent run` through the real binary: energy against a fake
+//! RAPL tree driven at a known wattage, the honest null without a sensor, the Parquet
+//! schema as pyarrow reads it, and the device lock between two agents.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use llem_tests::binary;
+
+/// A job file in a fresh directory.
+struct Job {
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    fn new(yaml: &str) -> Job {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("job.yaml"), yaml).expect("write job");
+        Job { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self, out: &str) -> Command {
+        self.command_for("job.yaml", out)
+    }
+
+    fn command_for(&self, job_file: &str, out: &str) -> Command {
+        let mut cmd = Command::new(binary("llem-agent"));
+        cmd.arg("run")
+            .arg("--job")
+            .arg(self.path(job_file))
+            .arg("--out")
+            .arg(self.path(out))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .env("LLEM_POWERCAP_ROOT", self.path("no-powercap"))
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn result(&self, out: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.path(out).join("result.json")).expect("result.json");
+        serde_json::from_str(&text).expect("result.json is JSON")
+    }
+}
+
+/// A powercap tree whose package counter a thread advances at `watts`, wrapping at
+/// `range_j`, until dropped.
+struct FakeRapl {
+    root: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeRapl {
+    fn start(root: &Path, watts: f64, range_j: f64) -> FakeRapl {
+        let zone = root.join("intel-rapl:0");
+        std::fs::create_dir_all(zone.join("intel-rapl:0:0")).expect("zone");
+        std::fs::write(zone.join("name"), "package-0\n").expect("name");
+        let range_uj = (range_j * 1e6) as u64;
+        std::fs::write(zone.join("max_energy_range_uj"), format!("{range_uj}\n")).expect("range");
+        // A sub-zone that must not be added to the package.
+        std::fs::write(zone.join("intel-rapl:0:0").join("energy_uj"), "0\n").expect("subzone");
+        let write = move |zone: &Path, uj: u64| {
+            let tmp = zone.join(".energy_uj.tmp");
+            std::fs::write(&tmp, format!("{uj}\n")).expect("write counter");
+            std::fs::rename(&tmp, zone.join("energy_uj")).expect("rename counter");
+        };
+        let start_uj = range_uj - range_uj / 10; // starts close to the wrap
+        write(&zone, start_uj);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                let uj = start_uj as f64 + watts * t0.elapsed().as_secs_f64() * 1e6;
+                write(&zone, (uj as u64) % range_uj);
+                // The counter's update period (real RAPL updates about every 1 ms).
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        FakeRapl { root: root.to_owned(), stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for FakeRapl {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const SYNTHETIC: &str = "model: synthetic\nengine: synthetic\nsynthetic: {ms_per_token: 2}\n";
+
+#[test]
+fn rapl_energy_matches_the_known_wattage_through_wraps() {
+    let watts = 40.0;
+    let job = Job::new(&format!(
+        "{SYNTHETIC}n_prompts: 20\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 2}}, warmup: {{prompts: 1}}, thermal_floor: {{max_s: 0}}}}\n"
+    ));
+    // Wraps every 1.25 s: several times in the 4 s window and in the baseline.
+    let rapl = FakeRapl::start(&job.path("powercap"), watts, 50.0);
+    let out = job.command("out").env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run agent");
+    drop(rapl);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = job.result("out");
+    let e = &r["energy"];
+    let duration = r["duration_s"].as_f64().expect("duration");
+    assert!(duration > 3.0, "window {duration} s");
+    assert_eq!(e["source"], "rapl");
+    let truth = watts * duration;
+    let total = e["total_j"].as_f64().expect("energy measured");
+    eprintln!(
+        "rapl: measured {total:.3} J over {duration:.3} s, truth {truth:.3} J ({:+.3} %)",
+        (total - truth) / truth * 100.0
+    );
+    assert!((total - truth).abs() / truth < 0.01, "measured {total} J, truth {truth} J");
+    let baseline = e["baseline_w"].as_f64().expect("baseline");
+    assert!((baseline - watts).abs() / watts < 0.01, "baseline {baseline} W");
+    let integrated = e["integrated_j"].as_f64().expect("integrated");
+    assert!((integrated - truth).abs() / truth < 0.01, "integrated {integrated} J");
+    assert_eq!(r["tokens"]["output"], 2000);
+    let per_token = e["j_per_output_token"].as_f64().expect("per token");
+    assert!((per_token - total / 2000.0).abs() < 1e-9);
+}
+
+#[test]
+fn without_a_sensor_energy_is_null_never_zero() {
+    let job = Job::new(&format!(
+        "{SYNTHETIC}n_prompts: 3\nmax_output_tokens: 10\nmeasurement: {{thermal_floor: {{max_s: 0}}}}\n"
+    ));
+    let out = job.command("out").output().expect("run agent");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = job.result("out");
+    for field in ["total_j", "baseline_w", "adjusted_j", "counter_j", "integrated_j", "j_per_output_token"] {
+        assert!(r["energy"][field].is_null(), "{field} = {}", r["energy"][field]);
+    }
+    let codes: Vec<&str> =
+        r["warnings"].as_array().expect("warnings").iter().filter_map(|w| w["code"].as_str()).collect();
+    assert!(codes.contains(&"no_energy_sensor"), "{codes:?}");
+    assert_eq!(r["schema_version"], 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_energy_sensor"));
+}
+
+#[test]
+fn a_missing_explicit_sensor_is_an_error_naming_why() {
+    for (source, why) in [("nvml", "NVML unavailable"), ("rapl", "RAPL unavailable")] {
+        let job = Job::new(&format!("{SYNTHETIC}measurement: {{energy: {source}}}\n"));
+        let out = job.command("out").output().expect("run agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("failed to open the energy sensor: {why}")), "{stderr}");
+        assert!(!job.path("out").join("result.json").exists());
+    }
+}
+
+#[test]
+fn a_bad_job_file_is_bad_input() {
+    let job = Job::new("model: m\nbatch_sise: 2\n");
+    let out = job.command("out").output().expect("run agent");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("job.yaml:2:1") && stderr.contains("did you mean `batch_size`?"), "{stderr}");
+}
+
+const PYARROW_CHECK: &str = r#"
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+expected = pa.schema([("timestamp_s", pa.float64()), ("gpu_index", pa.int32()), ("power_w", pa.float32()),
+    ("temperature_c", pa.float32()), ("memory_used_mb", pa.float32()), ("memory_total_mb", pa.float32()),
+    ("sm_utilisation_pct", pa.float32()), ("throttle_reasons", pa.int64())])
+print(json.dumps({"equal": t.schema.equals(expected), "schema": str(t.schema), "rows": t.num_rows,
+    "columns": {n: t.column(n).to_pylist() for n in t.column_names}}))
+"#;
+
+fn pyarrow_read(path: &Path) -> serde_json::Value {
+    let out = Command::new("python3").arg("-c").arg(PYARROW_CHECK).arg(path).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "pyarrow could not read {} (is pyarrow installed? scripts/test installs it): {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json from python")
+}
+
+#[test]
+fn timeseries_parquet_has_the_exact_schema() {
+    let watts = 25.0;
+    let job = Job::new(&format!(
+        "{SYNTHETIC}n_prompts: 10\nmax_output_tokens: 120\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\n"
+    ));
+    let rapl = FakeRapl::start(&job.path("powercap"), watts, 1e6);
+    let out = job.command("out").env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run agent");
+    drop(rapl);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = pyarrow_read(&job.path("out").join("timeseries.parquet"));
+    assert_eq!(table["equal"], true, "{}", table["schema"]);
+    let r = job.result("out");
+    assert_eq!(table["rows"], r["sampling"]["timeseries_rows"]);
+    let rows = table["rows"].as_u64().expect("rows");
+    assert!(rows >= 2, "one row per second of a {} s window", r["duration_s"]);
+    let c = &table["columns"];
+    assert!(c["gpu_index"].as_array().expect("gpu_index").iter().all(|v| v == -1), "the host CPU is -1");
+    for (i, p) in c["power_w"].as_array().expect("power").iter().enumerate() {
+        let p = p.as_f64().unwrap_or_else(|| panic!("power of second {i} is null"));
+        assert!((p - watts).abs() / watts < 0.05, "second {i}: {p} W");
+    }
+    for unknown in ["temperature_c", "memory_used_mb", "sm_utilisation_pct", "throttle_reasons"] {
+        assert!(
+            c[unknown].as_array().expect("column").iter().all(serde_json::Value::is_null),
+            "{unknown} must be null"
+        );
+    }
+    let ts: Vec<f64> = c["timestamp_s"].as_array().expect("ts").iter().filter_map(serde_json::Value::as_f64).collect();
+    assert!(ts.windows(2).all(|w| w[1] - w[0] == 1.0), "{ts:?}");
+}
+
+/// Lines of a child's stderr, as they come.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return;
+        }
+    }
+    panic!("never saw {needle:?} in:\n{}", seen.join("\n"));
+}
+
+#[test]
+fn a_second_job_on_the_same_device_waits_and_says_so() {
+    // Job A holds the CPU's lock inside `cat FIFO` until the test writes to the FIFO:
+    // the test decides when A finishes, no timing involved.
+    let a = Job::new("");
+    let fifo = a.path("release");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    std::fs::write(
+        a.path("job.yaml"),
+        format!(
+            "model: holder\nengine: command\ncommand: [cat, {}]\nmeasurement: {{baseline: {{duration_s: 0}}, thermal_floor: {{max_s: 0}}}}\n",
+            fifo.display()
+        ),
+    )
+    .expect("job a");
+    let b_job =
+        format!("{SYNTHETIC}n_prompts: 2\nmax_output_tokens: 5\nmeasurement: {{thermal_floor: {{max_s: 0}}}}\n");
+    std::fs::write(a.path("job-b.yaml"), b_job).expect("job b");
+
+    let mut first = a.command("out-a").stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("agent a");
+    let a_lines = stderr_lines(&mut first);
+    let mut seen_a = Vec::new();
+    wait_for(&a_lines, "lock on cpu acquired", &mut seen_a);
+
+    let mut second =
+        a.command_for("job-b.yaml", "out-b").stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("agent b");
+    let b_lines = stderr_lines(&mut second);
+    let mut seen_b = Vec::new();
+    wait_for(&b_lines, "waiting for the lock on cpu", &mut seen_b);
+    assert!(seen_b.last().is_some_and(|l| l.contains("job ")), "names the holder: {seen_b:?}");
+
+    // Release A, then both finish.
+    std::fs::OpenOptions::new().write(true).open(&fifo).expect("open fifo").write_all(b"done\n").expect("write fifo");
+    assert!(first.wait().expect("a exits").success());
+    assert!(second.wait().expect("b exits").success());
+    let (ra, rb) = (a.result("out-a"), a.result("out-b"));
+    let a_end = ra["finished_at"].as_str().expect("a end");
+    let b_start = rb["started_at"].as_str().expect("b start");
+    assert!(b_start >= a_end, "B measured ({b_start}) before A finished ({a_end})");
+}
+
+#[test]
+fn probe_reports_sources_and_reasons() {
+    let out = Command::new(binary("llem-agent"))
+        .args(["probe", "--json"])
+        .env("LLEM_POWERCAP_ROOT", "/nonexistent-powercap")
+        .output()
+        .expect("probe");
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let sources = report["energy_sources"].as_array().expect("sources");
+    let names: Vec<&str> = sources.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, vec!["nvml", "rapl", "none"]);
+    let rapl = &sources[1];
+    assert_eq!(rapl["available"], false);
+    assert!(rapl["detail"].as_str().expect("detail").contains("/nonexistent-powercap"));
+    assert!(report["node"]["cpu_cores"].as_u64().expect("cores") >= 1);
+    assert_eq!(report["node"]["agent_version"], env!("CARGO_PKG_VERSION"));
+}
