@@ -3,6 +3,7 @@
 //! Its stdout is the protocol when serving a coordinator; logs always go to stderr.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -79,7 +80,9 @@ fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
             };
             let job_id = args.job_id.unwrap_or_else(|| llem_common::spec::job_id(&spec.hash(), 1));
             let state_dir = args.state_dir.unwrap_or_else(run::default_state_dir);
-            let result = run::run_job(&spec, &job_id, &args.out, &state_dir)?;
+            // Relative model and dataset paths are relative to the working directory, as in
+            // sweep files run from the repository root.
+            let result = run::run_job(&spec, &job_id, Path::new("."), &args.out, &state_dir)?;
             let e = &result.energy;
             let joules = e.total_j.map_or_else(|| "not measured".to_owned(), |j| format!("{j:.2} J ({})", e.source));
             writeln!(

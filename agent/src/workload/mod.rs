@@ -8,6 +8,7 @@ use llem_common::spec::{Engine as EngineKind, ExperimentSpec};
 
 use crate::clock::Clock;
 
+pub mod candle;
 pub mod command;
 pub mod synthetic;
 
@@ -53,14 +54,17 @@ pub trait Engine {
 }
 
 /// The engine a spec asks for.
+/// `base_dir` resolves relative paths in the spec (model, dataset); `work_dir` is the
+/// job's output directory.
 pub fn for_spec<'c>(
     spec: &ExperimentSpec,
     clock: &'c dyn Clock,
+    base_dir: &std::path::Path,
     work_dir: &std::path::Path,
 ) -> Result<Box<dyn Engine + 'c>, EngineError> {
     match spec.engine {
         EngineKind::Synthetic => Ok(Box::new(synthetic::Synthetic::new(spec, clock))),
         EngineKind::Command => Ok(Box::new(command::CommandEngine::new(spec, work_dir)?)),
-        EngineKind::Candle => Err(EngineError::Unavailable("candle")),
+        EngineKind::Candle => Ok(Box::new(candle::CandleEngine::new(spec, clock, base_dir, work_dir)?)),
     }
 }
