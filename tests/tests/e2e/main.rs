@@ -2,4 +2,5 @@
 //! binary, a module per area.
 
 mod agent;
+mod candle;
 mod sweeps;

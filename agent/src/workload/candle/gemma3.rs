@@ -12,7 +12,8 @@
 //! output projection → RMSNorm → residual; RMSNorm → GELU(gate) · up → down → RMSNorm →
 //! residual. Embeddings are scaled by √hidden; the output head is tied to them.
 
-use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 /// Positions RoPE tables cover; longer sequences are refused.
@@ -74,6 +75,48 @@ struct Layer {
     cache: Option<(Tensor, Tensor)>,
 }
 
+/// The embedding table kept quantized: rows are dequantized when looked up, as
+/// llama.cpp's `get_rows` does (the f32 table of a 262k-token vocabulary is 670 MB).
+#[derive(Debug)]
+struct QuantizedRows {
+    dtype: GgmlDType,
+    bytes: Vec<u8>,
+    row_bytes: usize,
+    width: usize,
+}
+
+impl QuantizedRows {
+    fn new(t: &QTensor) -> Result<Self> {
+        let (rows, width) = t.shape().dims2()?;
+        let dtype = t.dtype();
+        let row_bytes = width / dtype.block_size() * dtype.type_size();
+        let bytes = t.data()?.into_owned();
+        if bytes.len() != rows * row_bytes {
+            candle_core::bail!("unexpected embedding layout: {} bytes for {rows} × {width} {dtype:?}", bytes.len());
+        }
+        Ok(QuantizedRows { dtype, bytes, row_bytes, width })
+    }
+
+    fn rows(&self) -> usize {
+        self.bytes.len() / self.row_bytes
+    }
+
+    fn lookup(&self, ids: &[u32], dev: &Device) -> Result<Tensor> {
+        let rows: Vec<Tensor> = ids
+            .iter()
+            .map(|&id| {
+                let at = id as usize * self.row_bytes;
+                let raw = self
+                    .bytes
+                    .get(at..at + self.row_bytes)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("token id {id} out of range")))?;
+                qtensor_from_ggml(self.dtype, raw, vec![1, self.width], dev)?.dequantize(dev)
+            })
+            .collect::<Result<_>>()?;
+        Tensor::cat(&rows, 0)
+    }
+}
+
 #[derive(Debug)]
 struct Rope {
     cos: Tensor,
@@ -103,7 +146,7 @@ impl Rope {
 #[derive(Debug)]
 pub struct Gemma3 {
     pub cfg: Config,
-    embed: Tensor,
+    embed: QuantizedRows,
     layers: Vec<Layer>,
     norm: Norm,
     output: QMatMul,
@@ -142,8 +185,8 @@ impl Gemma3 {
             vocab: 0,
         };
         let embed_q = ct.tensor(r, "token_embd.weight", dev)?;
-        let embed = embed_q.dequantize(dev)?;
-        let vocab = embed.dim(0)?;
+        let embed = QuantizedRows::new(&embed_q)?;
+        let vocab = embed.rows();
         let output = match ct.tensor(r, "output.weight", dev) {
             Ok(t) => QMatMul::from_qtensor(t)?,
             Err(_) => QMatMul::from_qtensor(embed_q)?,
@@ -241,7 +284,6 @@ impl Gemma3 {
             kp.extend_from_slice(p);
         }
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(ids, b * t, &self.device)?;
         let pos: Vec<u32> = positions.iter().flatten().map(|&p| p.max(0) as u32).collect();
         let pos = Tensor::from_vec(pos, (b, t), &self.device)?;
         let (cos_l, sin_l) = self.rope_local.at(&pos)?;
@@ -249,8 +291,8 @@ impl Gemma3 {
         let mask_l = self.mask(positions, true)?;
         let mask_g = self.mask(positions, false)?;
 
-        let mut x =
-            (self.embed.index_select(&ids, 0)?.reshape((b, t, self.cfg.hidden))? * (self.cfg.hidden as f64).sqrt())?;
+        let mut x = (self.embed.lookup(&ids, &self.device)?.reshape((b, t, self.cfg.hidden))?
+            * (self.cfg.hidden as f64).sqrt())?;
         let c = self.cfg.clone();
         for layer in &mut self.layers {
             let (cos, sin, mask) = if layer.sliding { (&cos_l, &sin_l, &mask_l) } else { (&cos_g, &sin_g, &mask_g) };
@@ -268,9 +310,28 @@ impl Gemma3 {
             let rep = c.n_head / c.n_kv_head;
             let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
             let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-            let scores = (q.matmul(&k.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?;
-            let scores = scores.broadcast_add(mask)?;
-            let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+            // Attention one sequence at a time, over its real queries and keys only: the
+            // same shapes as running it alone, so batching changes no number.
+            let keys = k.dim(2)?;
+            let mut per_seq = Vec::with_capacity(b);
+            for (s, pos) in positions.iter().enumerate() {
+                let pad_q = pos.iter().take_while(|&&p| p < 0).count();
+                let pad_k = self.key_pos[s].iter().take_while(|&&p| p < 0).count();
+                let (tq, tk) = (t - pad_q, keys - pad_k);
+                let zeros = |rows: usize| Tensor::zeros((1, c.n_head, rows, c.head_dim), DType::F32, &self.device);
+                if tq == 0 {
+                    per_seq.push(zeros(t)?);
+                    continue;
+                }
+                let qs = q.narrow(0, s, 1)?.narrow(2, pad_q, tq)?.contiguous()?;
+                let ks = k.narrow(0, s, 1)?.narrow(2, pad_k, tk)?.contiguous()?;
+                let vs = v.narrow(0, s, 1)?.narrow(2, pad_k, tk)?.contiguous()?;
+                let ms = mask.narrow(0, s, 1)?.narrow(2, pad_q, tq)?.narrow(3, pad_k, tk)?.contiguous()?;
+                let scores = (qs.matmul(&ks.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?.broadcast_add(&ms)?;
+                let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&vs)?;
+                per_seq.push(if pad_q > 0 { Tensor::cat(&[&zeros(pad_q)?, &out], 2)? } else { out });
+            }
+            let attn = Tensor::cat(&per_seq, 0)?;
             let attn = attn.transpose(1, 2)?.reshape((b, t, c.n_head * c.head_dim))?;
             let attn = layer.post_attn_norm.forward(&layer.wo.forward(&attn)?)?;
             x = (x + attn)?;

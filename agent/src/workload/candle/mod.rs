@@ -466,6 +466,17 @@ pub fn timed_greedy(engine: &mut CandleEngine<'_>, ids: &[u32], n: usize) -> Res
 }
 
 impl CandleEngine<'_> {
+    /// The generated ids for a batch of prompts (indices into the job's prompts), as one
+    /// forward pass per step: used to check that batching changes no output.
+    pub fn generate_batch(&mut self, which: &[usize]) -> Result<Vec<Vec<u32>>, EngineError> {
+        Ok(self.generate(which)?.into_iter().map(|g| g.tokens).collect())
+    }
+
+    /// The job's prompts as encoded (truncated to `max_input_tokens`).
+    pub fn prompt_ids(&self) -> Vec<Vec<u32>> {
+        self.prompts.iter().map(|p| p.1.clone()).collect()
+    }
+
     /// Encodes text with the loaded tokenizer (BOS added).
     pub fn encode(&self, text: &str) -> Vec<u32> {
         self.tokenizer.as_ref().map(|t| t.encode(text, true)).unwrap_or_default()
