@@ -68,6 +68,8 @@ pub fn run_job(
     let _ = meter.stop();
 
     let mut result = measured.result;
+    // The agent's own high-water mark: the model, the KV cache and the sampler.
+    result.load.peak_memory_mb = workload::candle::rss_mb("VmHWM:");
     let rows = timeseries::downsample(&measured.window, &measured.devices);
     result.sampling.timeseries_rows = rows.len() as u64;
     let parquet = timeseries::to_parquet(&rows).context("encode timeseries.parquet")?;

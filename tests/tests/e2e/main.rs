@@ -3,4 +3,5 @@
 
 mod agent;
 mod candle;
+mod models;
 mod sweeps;

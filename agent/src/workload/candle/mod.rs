@@ -1,8 +1,11 @@
 //! `engine: candle`: real generation in-process.
 //!
-//! * GGUF (quantized): `general.architecture` picks the model — `gemma3` (our batched
-//!   implementation, `gemma3.rs`), `llama` (also TinyLlama, SmolLM), `qwen2`, `qwen3`,
-//!   `phi3` (candle-transformers' implementations, one sequence per forward pass).
+//! * GGUF (quantized): `general.architecture` picks the model — `gemma3`, `gemma`,
+//!   `llama` (also TinyLlama, SmolLM), `qwen2`, `qwen3` run in our batched decoder
+//!   (`decoder.rs`); `phi3` in candle-transformers' (one sequence per forward pass).
+//! * Hugging Face folders (`config.json`, `*.safetensors`, `tokenizer.json`):
+//!   `llama`, `mistral`, `qwen2`, `qwen3`, `gemma`, `gemma3_text` at f32/f16/bf16
+//!   (`precision`; `auto` = f32 on CPU, bf16 on GPU), in the same batched decoder.
 //! * Tokenizer: `tokenizer.json` beside the model when present, else the GGUF's own
 //!   vocabulary.
 //! * Generation: greedy or sampled (`temperature`, `top_k`, `top_p`, `seed`), stopping at
@@ -14,15 +17,16 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
+use candle_core::DType;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3};
+use candle_transformers::models::quantized_phi3;
 use llem_common::spec::{self, ExperimentSpec, Precision};
 
 use super::{Engine, EngineError, Loaded, RequestMetrics};
 use crate::clock::Clock;
 
-pub mod gemma3;
+pub mod decoder;
 pub mod prompts;
 pub mod tokenizer;
 
@@ -30,46 +34,33 @@ use prompts::Prompt;
 use tokenizer::{GgufTokenizer, JsonTokenizer, Tokenize};
 
 /// Architectures read from GGUF, for the error that lists them.
-pub const SUPPORTED_GGUF: &[&str] = &["gemma3", "llama", "qwen2", "qwen3", "phi3"];
+pub const SUPPORTED_GGUF: &[&str] = &["gemma3", "gemma", "llama", "qwen2", "qwen3", "phi3"];
 
 fn fail(context: &str) -> impl Fn(candle_core::Error) -> EngineError + '_ {
     move |e| EngineError::Failed(format!("{context}: {e}"))
 }
 
 enum Model {
-    Gemma3(Box<gemma3::Gemma3>),
-    Llama(Box<quantized_llama::ModelWeights>),
-    Qwen2(Box<quantized_qwen2::ModelWeights>),
-    Qwen3(Box<quantized_qwen3::ModelWeights>),
+    Decoder(Box<decoder::Decoder>),
     Phi3(Box<quantized_phi3::ModelWeights>),
 }
 
 impl Model {
     fn batches(&self) -> bool {
-        matches!(self, Model::Gemma3(_))
+        matches!(self, Model::Decoder(_))
     }
 
     /// One sequence at a time: logits of the last position of `ids` placed at `pos`.
     fn forward_one(&mut self, ids: &[u32], pos: usize, device: &Device) -> candle_core::Result<Tensor> {
-        if let Model::Gemma3(m) = self {
-            if pos == 0 {
-                m.clear();
-            }
-            let positions: Vec<i64> = (pos..pos + ids.len()).map(|p| p as i64).collect();
-            return m.forward(&[ids.to_vec()], &[positions]);
-        }
-        let x = Tensor::new(ids, device)?.unsqueeze(0)?;
         match self {
-            Model::Llama(m) => m.forward(&x, pos),
-            Model::Qwen2(m) => m.forward(&x, pos),
-            Model::Qwen3(m) => {
+            Model::Decoder(m) => {
                 if pos == 0 {
-                    m.clear_kv_cache();
+                    m.clear();
                 }
-                m.forward(&x, pos)
+                let positions: Vec<i64> = (pos..pos + ids.len()).map(|p| p as i64).collect();
+                m.forward(&[ids.to_vec()], &[positions])
             }
-            Model::Phi3(m) => m.forward(&x, pos),
-            Model::Gemma3(_) => unreachable!("handled above"),
+            Model::Phi3(m) => m.forward(&Tensor::new(ids, device)?.unsqueeze(0)?, pos),
         }
     }
 }
@@ -154,7 +145,14 @@ impl<'c> CandleEngine<'c> {
         let ct = gguf_file::Content::read(&mut file).map_err(fail("read the GGUF header"))?;
         let arch =
             ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if arch != "phi3" && !decoder::GGUF_ARCHS.contains(&arch.as_str()) {
+            return Err(EngineError::Failed(format!(
+                "GGUF architecture `{arch}` is not supported; supported: {}",
+                SUPPORTED_GGUF.join(", ")
+            )));
+        }
         if self.spec.precision != Precision::Auto {
+            // A GGUF's weights are what they are; casting them would measure another model.
             return Err(EngineError::Failed(format!(
                 "`precision: {:?}` does not apply to a GGUF file: it runs at its own quantisation; use `precision: auto`",
                 self.spec.precision
@@ -171,35 +169,17 @@ impl<'c> CandleEngine<'c> {
         };
         let dev = self.device.clone();
         let (model, params) = match arch.as_str() {
-            "gemma3" => {
-                let m = gemma3::Gemma3::from_gguf(&ct, &mut file, &dev).map_err(fail("load gemma3"))?;
-                let params = m.non_embedding_params;
-                (Model::Gemma3(Box::new(m)), Some(params))
-            }
-            "llama" => (
-                Model::Llama(Box::new(
-                    quantized_llama::ModelWeights::from_gguf(ct, &mut file, &dev).map_err(fail("load llama"))?,
-                )),
-                None,
-            ),
-            "qwen2" => (
-                Model::Qwen2(Box::new(
-                    quantized_qwen2::ModelWeights::from_gguf(ct, &mut file, &dev).map_err(fail("load qwen2"))?,
-                )),
-                None,
-            ),
-            "qwen3" => (
-                Model::Qwen3(Box::new(
-                    quantized_qwen3::ModelWeights::from_gguf(ct, &mut file, &dev).map_err(fail("load qwen3"))?,
-                )),
-                None,
-            ),
             "phi3" => (
                 Model::Phi3(Box::new(
                     quantized_phi3::ModelWeights::from_gguf(false, ct, &mut file, &dev).map_err(fail("load phi3"))?,
                 )),
                 None,
             ),
+            a if decoder::GGUF_ARCHS.contains(&a) => {
+                let m = decoder::Decoder::from_gguf(&ct, &mut file, &dev).map_err(fail("load the model"))?;
+                let params = m.non_embedding_params;
+                (Model::Decoder(Box::new(m)), Some(params))
+            }
             other => {
                 return Err(EngineError::Failed(format!(
                     "GGUF architecture `{other}` is not supported; supported: {}",
@@ -209,13 +189,34 @@ impl<'c> CandleEngine<'c> {
         };
         if self.spec.batch_size > 1 && !model.batches() {
             return Err(EngineError::Failed(format!(
-                "batch_size {} needs batched attention, which llem implements for gemma3 so far; run `{arch}` with batch_size: 1",
+                "batch_size {} needs batched attention, which llem's decoder does not implement for `{arch}`; run it with batch_size: 1",
                 self.spec.batch_size
             )));
         }
         self.model = Some(model);
         self.tokenizer = Some(tokenizer);
         Ok(Loaded { memory_mb: rss_mb("VmRSS:"), non_embedding_params: params })
+    }
+
+    fn load_hf(&mut self, dir: &Path) -> Result<Loaded, EngineError> {
+        let dtype = match self.spec.precision {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+            Precision::Auto if self.device.is_cpu() => DType::F32,
+            Precision::Auto => DType::BF16,
+        };
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.exists() {
+            return Err(EngineError::Failed(format!("{} has no tokenizer.json", dir.display())));
+        }
+        let (model, eos) = decoder::Decoder::from_hf(dir, dtype, &self.device).map_err(fail("load the model"))?;
+        let tokenizer =
+            JsonTokenizer::from_file(&tokenizer_path, &eos).map_err(|e| EngineError::Failed(e.to_string()))?;
+        let params = model.non_embedding_params;
+        self.model = Some(Model::Decoder(Box::new(model)));
+        self.tokenizer = Some(Box::new(tokenizer));
+        Ok(Loaded { memory_mb: rss_mb("VmRSS:"), non_embedding_params: Some(params) })
     }
 
     /// Generates for a batch of prompt indices; one entry per prompt.
@@ -256,7 +257,7 @@ impl<'c> CandleEngine<'c> {
                 .collect()
         };
 
-        if let Model::Gemma3(m) = model {
+        if let Model::Decoder(m) = model {
             // Left-pad to the longest prompt; padding has position -1 and is never attended.
             m.clear();
             let longest = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
@@ -350,19 +351,13 @@ impl<'c> CandleEngine<'c> {
 impl Engine for CandleEngine<'_> {
     fn load(&mut self) -> Result<Loaded, EngineError> {
         let path = self.model_path();
-        if path.is_dir() {
-            return Err(EngineError::Failed(format!(
-                "{} is a folder: Hugging Face safetensors folders are not supported by this build yet; use a GGUF file",
-                path.display()
-            )));
-        }
         if !path.exists() {
             return Err(EngineError::Failed(format!(
                 "model file {} not found (the demo model comes from scripts/fetch-demo-model)",
                 path.display()
             )));
         }
-        let loaded = self.load_gguf(&path)?;
+        let loaded = if path.is_dir() { self.load_hf(&path)? } else { self.load_gguf(&path)? };
         let tok = self.tokenizer.as_ref().ok_or_else(|| EngineError::Failed("no tokenizer".to_owned()))?;
         let vocab = tok.vocab_size() as u32;
         let raw = prompts::load(&self.spec.dataset, self.spec.n_prompts, &self.base_dir, vocab)
