@@ -23,24 +23,12 @@ pub mod timeseries;
 pub mod warnings;
 pub mod workload;
 
-const EXIT_RUN_FAILED: u8 = 1;
-const EXIT_BAD_INPUT: u8 = 2;
+use llem_common::cli::exit::{BAD_INPUT as EXIT_BAD_INPUT, RUN_FAILED as EXIT_RUN_FAILED};
 
 /// Entry point of the `llem-agent` binary.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let default = match cli.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    llem_common::cli::init_logging(cli.verbose, "info", true);
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

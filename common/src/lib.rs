@@ -2,8 +2,10 @@
 //! (`llem-agent`): experiment specs, the YAML reader with exact positions, diagnostics.
 //! No runtime and no I/O beyond (de)serialising.
 
+pub mod cli;
 pub mod de;
 pub mod diag;
+pub mod protocol;
 pub mod result;
 pub mod spec;
 pub mod yaml;

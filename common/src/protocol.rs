@@ -1,0 +1,278 @@
+//! The coordinator ↔ agent protocol: length-delimited JSON frames over any byte stream
+//! (a child's stdin/stdout locally, an SSH exec channel remotely).
+//!
+//! A frame is a u32 big-endian length, then that many bytes of JSON. Frames over
+//! [`MAX_FRAME`] are refused before anything is allocated. Each side first sends a
+//! [`Hello`]; differing protocol versions are refused with a message naming both. The
+//! agent's stdout carries nothing else: its logs go to stderr or travel as [`FromAgent::Log`].
+//! Documented in `docs/protocol.md`.
+
+use std::io::{Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::result::JobResult;
+use crate::spec::ExperimentSpec;
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame either side accepts (artifacts are the big ones).
+pub const MAX_FRAME: u32 = 64 * 1024 * 1024;
+
+/// The first message each way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub protocol: u32,
+    /// `llem` or `llem-agent` version.
+    pub version: String,
+    /// Host name of the sender.
+    pub host: String,
+}
+
+impl Hello {
+    pub fn new(host: impl Into<String>) -> Self {
+        Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").to_owned(), host: host.into() }
+    }
+
+    /// Refuses a peer that speaks another protocol version.
+    pub fn check(&self, theirs: &Hello) -> Result<(), ProtocolError> {
+        if theirs.protocol != self.protocol {
+            return Err(ProtocolError::Version {
+                ours: self.protocol,
+                theirs: theirs.protocol,
+                their_version: theirs.version.clone(),
+                host: theirs.host.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A job attempt's identity: the job id and which attempt (each retry has its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptId {
+    pub job_id: String,
+    pub attempt: u32,
+}
+
+/// Coordinator → agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToAgent {
+    Hello(Hello),
+    /// Run one attempt. The spec travels here, never on a command line.
+    Run {
+        id: AttemptId,
+        spec: Box<ExperimentSpec>,
+    },
+    /// Stop a running attempt: engine stopped, children killed, lock released.
+    Cancel {
+        id: AttemptId,
+    },
+    /// The coordinator has stored this attempt's result: drop it from the outbox.
+    Ack {
+        id: AttemptId,
+    },
+    /// Finish and exit.
+    Shutdown,
+}
+
+/// The phases of the locked sequence, for progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    WaitingForLock,
+    Baseline,
+    Loading,
+    Warmup,
+    ThermalFloor,
+    Measuring,
+    Writing,
+}
+
+/// Agent → coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FromAgent {
+    Hello(Hello),
+    Phase {
+        id: AttemptId,
+        phase: Phase,
+    },
+    /// Live power for progress displays (at most 1 Hz); `null` when not measured.
+    Sample {
+        id: AttemptId,
+        power_w: Option<f64>,
+        tokens_per_s: Option<f64>,
+    },
+    Log {
+        id: Option<AttemptId>,
+        level: String,
+        message: String,
+    },
+    Finished {
+        id: AttemptId,
+        result: Box<JobResult>,
+    },
+    /// A file of the attempt (`timeseries.parquet`, `agent.log`, …), base64 in JSON. The
+    /// name is a plain file name; the coordinator verifies the sha256.
+    Artifact {
+        id: AttemptId,
+        name: String,
+        sha256: String,
+        base64: String,
+    },
+    Failed {
+        id: AttemptId,
+        error: String,
+        retryable: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("read or write a frame: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(u64),
+    #[error("the stream ended inside a frame ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    #[error("a frame is not a valid message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{host} speaks protocol {theirs} (llem-agent {their_version}), this llem speaks {ours}: install matching versions (`llem nodes deploy`)")]
+    Version { ours: u32, theirs: u32, their_version: String, host: String },
+}
+
+/// Writes one message as a frame and flushes.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> Result<(), ProtocolError> {
+    let body = serde_json::to_vec(message)?;
+    let len =
+        u32::try_from(body.len()).ok().filter(|&l| l <= MAX_FRAME).ok_or(ProtocolError::TooLarge(body.len() as u64))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(&body)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one message; `Ok(None)` at a clean end of stream (between frames).
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, ProtocolError> {
+    let mut len = [0u8; 4];
+    let got = read_full(r, &mut len)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < 4 {
+        return Err(ProtocolError::Truncated { got, want: 4 });
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME {
+        return Err(ProtocolError::TooLarge(u64::from(len)));
+    }
+    let mut body = vec![0u8; len as usize];
+    let got = read_full(r, &mut body)?;
+    if got < body.len() {
+        return Err(ProtocolError::Truncated { got, want: body.len() });
+    }
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether an artifact name is a plain file name that cannot leave the attempt's
+/// directory: no separators, no `..`, nothing hidden, nothing empty.
+pub fn is_safe_artifact_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> AttemptId {
+        AttemptId { job_id: "0123456789abcdef-c1".into(), attempt: 1 }
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let spec =
+            crate::spec::raw::RawExperiment::default().with_model("m").validate(Default::default()).expect("spec");
+        let to: Vec<ToAgent> = vec![
+            ToAgent::Hello(Hello::new("coord")),
+            ToAgent::Run { id: id(), spec: Box::new(spec) },
+            ToAgent::Cancel { id: id() },
+            ToAgent::Ack { id: id() },
+            ToAgent::Shutdown,
+        ];
+        let mut buf = Vec::new();
+        for m in &to {
+            write_frame(&mut buf, m).expect("write");
+        }
+        let mut r = buf.as_slice();
+        for m in &to {
+            assert_eq!(read_frame::<ToAgent>(&mut r).expect("read").as_ref(), Some(m));
+        }
+        assert!(read_frame::<ToAgent>(&mut r).expect("clean end").is_none());
+
+        let from = FromAgent::Failed { id: id(), error: "out of memory".into(), retryable: false };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &from).expect("write");
+        let text = String::from_utf8_lossy(&buf[4..]).into_owned();
+        assert!(text.starts_with("{\"type\":\"failed\""), "{text}");
+        assert_eq!(read_frame::<FromAgent>(&mut buf.as_slice()).expect("read"), Some(from));
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let huge = (MAX_FRAME + 1).to_be_bytes();
+        assert!(matches!(read_frame::<ToAgent>(&mut huge.as_slice()), Err(ProtocolError::TooLarge(_))));
+        let mut cut = Vec::new();
+        write_frame(&mut cut, &ToAgent::Shutdown).expect("write");
+        cut.truncate(cut.len() - 2);
+        assert!(matches!(read_frame::<ToAgent>(&mut cut.as_slice()), Err(ProtocolError::Truncated { .. })));
+        assert!(matches!(
+            read_frame::<ToAgent>(&mut [0u8, 0].as_slice()),
+            Err(ProtocolError::Truncated { got: 2, want: 4 })
+        ));
+        let mut junk = 5u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(b"nope!");
+        assert!(matches!(read_frame::<ToAgent>(&mut junk.as_slice()), Err(ProtocolError::Json(_))));
+    }
+
+    #[test]
+    fn versions_must_match() {
+        let ours = Hello::new("coord");
+        let mut theirs = Hello::new("gpu1");
+        assert!(ours.check(&theirs).is_ok());
+        theirs.protocol = 99;
+        let err = ours.check(&theirs).expect_err("mismatch").to_string();
+        assert!(err.starts_with("gpu1 speaks protocol 99"), "{err}");
+    }
+
+    #[test]
+    fn artifact_names_cannot_escape() {
+        for ok in ["timeseries.parquet", "agent.log", "outputs.jsonl"] {
+            assert!(is_safe_artifact_name(ok), "{ok}");
+        }
+        for bad in ["../../x", "/etc/passwd", "a/b", "..", ".hidden", "", "x\0y", "a\\b"] {
+            assert!(!is_safe_artifact_name(bad), "{bad:?}");
+        }
+    }
+}
