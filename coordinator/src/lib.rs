@@ -9,6 +9,7 @@ pub mod cli;
 mod commands;
 pub mod expand;
 pub mod plan;
+pub mod scheduler;
 pub mod sweep;
 
 pub use llem_common::cli::exit;
