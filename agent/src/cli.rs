@@ -32,6 +32,19 @@ pub enum Command {
         json: bool,
     },
 
+    /// Serve a coordinator over stdin/stdout (how `llem run` drives agents).
+    ///
+    /// stdout carries protocol frames only (docs/protocol.md); logs go to stderr.
+    Serve {
+        /// Speak the protocol on stdin/stdout.
+        #[arg(long, required = true)]
+        stdio: bool,
+        /// Locks, cached baselines and the outbox [default: $LLEM_STATE_DIR, else
+        /// ~/.cache/llem/agent].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+
     /// Run one experiment through the full locked sequence.
     ///
     /// FILE holds one experiment in the sweep-file field names (no `sweep:`), e.g.

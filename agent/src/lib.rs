@@ -19,6 +19,7 @@ pub mod run;
 pub mod sampler;
 pub mod sensor;
 pub mod sequence;
+pub mod serve;
 pub mod timeseries;
 pub mod warnings;
 pub mod workload;
@@ -51,6 +52,12 @@ fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        cli::Command::Serve { stdio: _, state_dir } => {
+            drop(stdout);
+            let state = state_dir.unwrap_or_else(run::default_state_dir);
+            serve::serve(&state, Path::new("."))?;
+            Ok(0)
+        }
         cli::Command::Run(args) => {
             let text = match std::fs::read_to_string(&args.job) {
                 Ok(text) => text,
@@ -70,7 +77,8 @@ fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
             let state_dir = args.state_dir.unwrap_or_else(run::default_state_dir);
             // Relative model and dataset paths are relative to the working directory, as in
             // sweep files run from the repository root.
-            let result = run::run_job(&spec, &job_id, Path::new("."), &args.out, &state_dir)?;
+            let result =
+                run::run_job(&spec, &job_id, Path::new("."), &args.out, &state_dir, workload::Cancel::default())?;
             let e = &result.energy;
             let joules = e.total_j.map_or_else(|| "not measured".to_owned(), |j| format!("{j:.2} J ({})", e.source));
             writeln!(

@@ -35,14 +35,14 @@ fn lock_name(device: Device) -> String {
 }
 
 /// Runs one job; returns its result (already written to `out`).
-/// `base_dir` resolves relative paths in the spec (the job file's directory… or the
-/// working directory, see `main`).
+/// `base_dir` resolves relative paths in the spec; `cancel` stops the engine.
 pub fn run_job(
     spec: &ExperimentSpec,
     job_id: &str,
     base_dir: &Path,
     out: &Path,
     state_dir: &Path,
+    cancel: workload::Cancel,
 ) -> Result<JobResult> {
     std::fs::create_dir_all(out).with_context(|| format!("create the output directory {}", out.display()))?;
     let device = match spec.device {
@@ -62,7 +62,7 @@ pub fn run_job(
     let mut node = probe::host_snapshot(&device.to_string());
     node.driver_version = driver;
     let ctx = Context { job_id: job_id.to_owned(), node, gpus, skipped_sensors: skipped };
-    let mut engine = workload::for_spec(spec, clock.as_ref(), base_dir, out).context("start the engine")?;
+    let mut engine = workload::for_spec(spec, clock.as_ref(), base_dir, out, cancel).context("start the engine")?;
     let store = FileBaselineStore::new(state_dir);
     let measured = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx)?;
     let _ = meter.stop();

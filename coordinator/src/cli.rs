@@ -43,6 +43,61 @@ pub enum Command {
     ///   llem plan --summary big-sweep.yaml
     ///   llem plan --json sweeps/gpu-grid.yaml | jq '.jobs[].id'
     Plan(PlanArgs),
+
+    /// Measure every job of a sweep on this machine's agents; write the run directory.
+    ///
+    /// Creates runs/<sweep>-<utc>/ with the journal, every attempt's result.json and
+    /// timeseries.parquet, results.parquet and summary.md/csv. Ctrl-C cancels running jobs
+    /// cleanly and exits 130 (a second Ctrl-C exits at once); `llem resume` continues.
+    ///
+    /// Example: llem run sweeps/quickstart.yaml
+    Run(RunArgs),
+
+    /// Continue an interrupted run: finished jobs are kept, the rest run.
+    ///
+    /// Refuses when the sweep file changed since the run started, unless
+    /// --allow-changed-sweep (then only new or changed jobs run).
+    Resume(ResumeArgs),
+
+    /// Show how far a run got: counts and each job's state.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The sweep file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Where run directories are created.
+    #[arg(long, value_name = "DIR", default_value = "runs")]
+    pub runs_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run directory (runs/<sweep>-<utc>).
+    #[arg(value_name = "RUN_DIR")]
+    pub run_dir: PathBuf,
+
+    /// Continue even though the sweep file changed: only new or changed jobs run.
+    #[arg(long)]
+    pub allow_changed_sweep: bool,
+
+    /// Run the jobs that failed again (with new attempt numbers).
+    #[arg(long)]
+    pub retry_failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The run directory.
+    #[arg(value_name = "RUN_DIR")]
+    pub run_dir: PathBuf,
+
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,17 +19,20 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan(&args),
+        Command::Run(args) => crate::run_cmd::run(&args),
+        Command::Resume(args) => crate::run_cmd::resume(&args),
+        Command::Status(args) => crate::run_cmd::status(&args),
     }
 }
 
 /// Loads, expands and graphs a sweep; on failure returns the problems to show.
-fn load_plan(path: &Path) -> Result<Plan, (Sources, Vec<Diagnostic>)> {
+pub(crate) fn load_plan(path: &Path) -> Result<Plan, (Sources, Vec<Diagnostic>)> {
     let sweep = sweep::load(path).map_err(|e| (e.sources, e.diagnostics))?;
     let sources = sweep.sources.clone();
     Plan::build(sweep).map_err(|d| (sources, d))
 }
 
-fn print_warnings(plan: &Plan) {
+pub(crate) fn print_warnings(plan: &Plan) {
     for w in plan.sweep.warnings.iter().chain(&plan.expansion.warnings) {
         eprint!("{}", w.render_as("warning", &plan.sweep.sources));
     }

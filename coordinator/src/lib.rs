@@ -9,6 +9,8 @@ pub mod cli;
 mod commands;
 pub mod expand;
 pub mod plan;
+pub mod run;
+mod run_cmd;
 pub mod scheduler;
 pub mod sweep;
 

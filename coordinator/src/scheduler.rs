@@ -175,6 +175,12 @@ impl State {
         self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
     }
 
+    /// Marks jobs that failed in an earlier run and are not to be retried.
+    pub fn mark_failed(&mut self, job: u32, attempt: u32) {
+        self.states[job as usize] = JobState::Failed { attempt, out_of_memory: false };
+        self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
+    }
+
     pub fn running(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.states.iter().enumerate().filter_map(|(j, s)| match s {
             JobState::Running { attempt, .. } => Some((j as u32, *attempt)),

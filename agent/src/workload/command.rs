@@ -27,6 +27,7 @@ pub struct CommandEngine {
     warmup: Option<Vec<String>>,
     report_path: PathBuf,
     warmed: bool,
+    cancel: super::Cancel,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,20 +54,40 @@ impl CommandEngine {
             warmup: spec.command_warmup.clone(),
             report_path: work_dir.join("workload-report.json"),
             warmed: false,
+            cancel: super::Cancel::default(),
         })
+    }
+
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: super::Cancel) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     fn run(&self, argv: &[String]) -> Result<f64, EngineError> {
         let start = Instant::now();
         // No shell: argv[0] is the program, the rest are its arguments, verbatim.
         // Its stdout goes to our stderr: the agent's stdout belongs to the protocol.
-        let status = Command::new(&argv[0])
+        let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             .env(REPORT_ENV, &self.report_path)
             .stdin(std::process::Stdio::null())
             .stdout(std::io::stderr())
-            .status()
+            .spawn()
             .map_err(|e| EngineError::Failed(format!("failed to start `{}`: {e}", argv[0])))?;
+        // Watch for cancellation while it runs: a cancelled job leaves no program behind.
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if self.cancel.is_requested() => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(EngineError::Cancelled);
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => return Err(EngineError::Failed(format!("failed to wait for `{}`: {e}", argv[0]))),
+            }
+        };
         if !status.success() {
             return Err(EngineError::Failed(format!("`{}` exited with {status}", argv.join(" "))));
         }

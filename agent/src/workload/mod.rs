@@ -31,9 +31,35 @@ pub struct RequestMetrics {
     pub request_ms: f64,
 }
 
+/// A request to stop the running job, shared with the engine, which checks it between
+/// tokens (and kills an external program).
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    pub fn request(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once cancellation was requested.
+    pub fn check(&self) -> Result<(), EngineError> {
+        if self.is_requested() {
+            Err(EngineError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Why an engine failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error("cancelled")]
+    Cancelled,
     #[error("{0}")]
     Failed(String),
     #[error("`engine: {0}` is not available in this build of llem-agent")]
@@ -61,10 +87,13 @@ pub fn for_spec<'c>(
     clock: &'c dyn Clock,
     base_dir: &std::path::Path,
     work_dir: &std::path::Path,
+    cancel: Cancel,
 ) -> Result<Box<dyn Engine + 'c>, EngineError> {
     match spec.engine {
-        EngineKind::Synthetic => Ok(Box::new(synthetic::Synthetic::new(spec, clock))),
-        EngineKind::Command => Ok(Box::new(command::CommandEngine::new(spec, work_dir)?)),
-        EngineKind::Candle => Ok(Box::new(candle::CandleEngine::new(spec, clock, base_dir, work_dir)?)),
+        EngineKind::Synthetic => Ok(Box::new(synthetic::Synthetic::new(spec, clock).with_cancel(cancel))),
+        EngineKind::Command => Ok(Box::new(command::CommandEngine::new(spec, work_dir)?.with_cancel(cancel))),
+        EngineKind::Candle => {
+            Ok(Box::new(candle::CandleEngine::new(spec, clock, base_dir, work_dir)?.with_cancel(cancel)))
+        }
     }
 }

@@ -13,6 +13,7 @@ pub struct Synthetic<'c> {
     prompts: u32,
     tokens: u32,
     input_tokens: u64,
+    cancel: super::Cancel,
 }
 
 impl std::fmt::Debug for Synthetic<'_> {
@@ -33,15 +34,23 @@ impl<'c> Synthetic<'c> {
             prompts: spec.n_prompts,
             tokens: spec.max_output_tokens,
             input_tokens,
+            cancel: super::Cancel::default(),
         }
     }
 
-    fn request(&self) -> RequestMetrics {
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: super::Cancel) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    fn request(&self) -> Result<RequestMetrics, EngineError> {
         let start = self.clock.now();
         let mut last = start;
         let mut ttft = None;
         let mut itl = Vec::with_capacity(self.tokens as usize);
         for _ in 0..self.tokens {
+            self.cancel.check()?;
             self.clock.busy(self.ms_per_token / 1000.0);
             let now = self.clock.now();
             if ttft.is_none() {
@@ -51,13 +60,13 @@ impl<'c> Synthetic<'c> {
             }
             last = now;
         }
-        RequestMetrics {
+        Ok(RequestMetrics {
             input_tokens: self.input_tokens,
             output_tokens: u64::from(self.tokens),
             ttft_ms: ttft,
             itl_ms: itl,
             request_ms: (self.clock.now() - start) * 1000.0,
-        }
+        })
     }
 }
 
@@ -67,11 +76,11 @@ impl Engine for Synthetic<'_> {
     }
 
     fn warmup_step(&mut self, _step: u32) -> Result<Option<f64>, EngineError> {
-        Ok(Some(self.request().request_ms))
+        Ok(Some(self.request()?.request_ms))
     }
 
     fn measure(&mut self) -> Result<Vec<RequestMetrics>, EngineError> {
-        Ok((0..self.prompts).map(|_| self.request()).collect())
+        (0..self.prompts).map(|_| self.request()).collect()
     }
 }
 

@@ -86,6 +86,7 @@ pub struct CandleEngine<'c> {
     /// Encoded prompts, truncated to `max_input_tokens`.
     prompts: Vec<(String, Vec<u32>)>,
     warmup_cursor: usize,
+    cancel: super::Cancel,
 }
 
 impl std::fmt::Debug for CandleEngine<'_> {
@@ -132,7 +133,14 @@ impl<'c> CandleEngine<'c> {
             tokenizer: None,
             prompts: Vec::new(),
             warmup_cursor: 0,
+            cancel: super::Cancel::default(),
         })
+    }
+
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: super::Cancel) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     fn model_path(&self) -> PathBuf {
@@ -271,6 +279,7 @@ impl<'c> CandleEngine<'c> {
                 .collect();
             let mut logits = m.forward(&tokens, &positions).map_err(fail("prefill"))?;
             for step in 0..max_new {
+                self.cancel.check()?;
                 let next = sample_rows(&logits, &mut samplers)?;
                 let now = self.clock.now();
                 for (s, &t) in next.iter().enumerate() {

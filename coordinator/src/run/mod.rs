@@ -1,0 +1,490 @@
+//! `llem run` and `llem resume`: the dispatcher. It owns the pure scheduler, feeds it
+//! what agents report, carries out its effects, and journals every step before acting on
+//! it, so a run killed at any moment resumes without losing or repeating a finished job.
+//!
+//! Run directory (docs/results.md):
+//! ```text
+//! runs/<sweep>-<utc>/
+//!   sweep.yaml  plan.json  journal.jsonl  agents/<slot>.log
+//!   jobs/<job-id>/attempt-<n>/{result.json, timeseries.parquet, …}
+//!   results.parquet  summary.md  summary.csv
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use base64::Engine as _;
+use llem_common::protocol::{is_safe_artifact_name, AttemptId, FromAgent, ToAgent};
+use llem_common::result::JobResult;
+use llem_common::spec::Device;
+use sha2::{Digest, Sha256};
+
+use crate::expand::point_spec;
+use crate::plan::{Dep, Plan, Task};
+use crate::scheduler::{self, Effect, Event, JobInput, JobState, Need, Slot, SlotKind};
+use crate::sweep::Transport;
+
+pub mod journal;
+pub mod results;
+pub mod transport;
+
+use journal::{Journal, Record};
+use transport::{Incoming, LocalAgent};
+
+fn now_text() -> String {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    rfc3339(unix)
+}
+
+/// RFC 3339 UTC (`2026-11-27T15:56:24.123Z`).
+pub fn rfc3339(unix: f64) -> String {
+    let secs = unix.floor() as i64;
+    let millis = ((unix - secs as f64) * 1000.0).round().min(999.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+/// Writes temp → fsync → rename → fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The run directory's file of an attempt.
+pub fn attempt_dir(run_dir: &Path, job: &str, attempt: u32) -> PathBuf {
+    run_dir.join("jobs").join(job).join(format!("attempt-{attempt}"))
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    AllSucceeded,
+    SomeFailed,
+    Interrupted,
+}
+
+/// A run being dispatched.
+struct Dispatcher<'p> {
+    plan: &'p Plan,
+    run_dir: PathBuf,
+    journal: Journal,
+    state: scheduler::State,
+    ids: Vec<String>,
+    index: HashMap<String, u32>,
+    agents: Vec<Option<LocalAgent>>,
+    slot_names: Vec<String>,
+    tx: mpsc::Sender<Incoming>,
+    interrupted: bool,
+}
+
+/// The scheduler's view of a plan: needs, eligible nodes, cycles and monotone edges.
+fn scheduler_jobs(plan: &Plan) -> Vec<JobInput> {
+    let exp = &plan.expansion;
+    let mut after: Vec<Vec<u32>> = vec![Vec::new(); exp.jobs.len()];
+    let job_of: HashMap<_, u32> = plan.job_nodes.iter().enumerate().map(|(j, n)| (*n, j as u32)).collect();
+    for e in plan.graph.raw_edges() {
+        if e.weight != Dep::After {
+            continue;
+        }
+        if let (Some(&from), Some(&to)) = (job_of.get(&e.source()), job_of.get(&e.target())) {
+            after[to as usize].push(from);
+        }
+    }
+    exp.jobs
+        .iter()
+        .enumerate()
+        .map(|(j, job)| {
+            let point = &exp.points[job.point as usize];
+            let spec = point_spec(&plan.sweep, exp, point);
+            let need = match spec.device {
+                Device::Cpu => Need::Cpu,
+                Device::Cuda(None) => Need::AnyGpu,
+                Device::Cuda(Some(i)) => Need::Gpu(i),
+            };
+            JobInput {
+                need,
+                nodes: exp.placements[point.placement as usize].clone(),
+                cycle: job.cycle,
+                after: std::mem::take(&mut after[j]),
+            }
+        })
+        .collect()
+}
+
+/// Device slots of the local node: the CPU, and each GPU a job names (`cuda` uses GPU 0).
+fn local_slots(jobs: &[JobInput]) -> Vec<Slot> {
+    let mut gpus: Vec<u32> = jobs
+        .iter()
+        .filter_map(|j| match j.need {
+            Need::Gpu(i) => Some(i),
+            Need::AnyGpu => Some(0),
+            Need::Cpu => None,
+        })
+        .collect();
+    gpus.sort_unstable();
+    gpus.dedup();
+    let mut slots = vec![Slot::new(0, SlotKind::Cpu)];
+    slots.extend(gpus.into_iter().map(|g| Slot::new(0, SlotKind::Gpu(g))));
+    slots
+}
+
+impl Dispatcher<'_> {
+    fn record(&mut self, record: &Record) -> Result<()> {
+        self.journal.append(record).context("append to the journal")
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>) -> Result<(Option<f64>, bool)> {
+        let mut wake = None;
+        let mut done = false;
+        for effect in effects {
+            match effect {
+                Effect::Dispatch { job, attempt, slot } => {
+                    let id = self.ids[job as usize].clone();
+                    // Journal first: a crash after this line is a dispatched attempt with no
+                    // outcome, which resume runs again with a new attempt number.
+                    self.record(&Record::Dispatched {
+                        job: id.clone(),
+                        attempt,
+                        node: self.slot_names[slot as usize].clone(),
+                        at: now_text(),
+                    })?;
+                    tracing::info!("start {id} attempt {attempt} on {}", self.slot_names[slot as usize]);
+                    let exp = &self.plan.expansion;
+                    let spec = point_spec(&self.plan.sweep, exp, &exp.points[exp.jobs[job as usize].point as usize]);
+                    let agent = self.agent(slot as usize)?;
+                    agent.send(&ToAgent::Run { id: AttemptId { job_id: id, attempt }, spec: Box::new(spec) })?;
+                }
+                Effect::CancelAttempt { job, attempt } => {
+                    let id = AttemptId { job_id: self.ids[job as usize].clone(), attempt };
+                    for agent in self.agents.iter_mut().flatten() {
+                        let _ = agent.send(&ToAgent::Cancel { id: id.clone() });
+                    }
+                }
+                Effect::Skip { job, because } => {
+                    let (job, because) = (self.ids[job as usize].clone(), self.ids[because as usize].clone());
+                    tracing::warn!("skip {job}: {because} ran out of memory");
+                    self.record(&Record::Skipped { job, because, at: now_text() })?;
+                }
+                Effect::WakeAt { at } => wake = Some(at),
+                Effect::AllDone => done = true,
+            }
+        }
+        Ok((wake, done))
+    }
+
+    fn agent(&mut self, slot: usize) -> Result<&mut LocalAgent> {
+        if self.agents[slot].is_none() {
+            let log =
+                self.run_dir.join("agents").join(format!("{}.log", self.slot_names[slot].replace([':', '/'], "-")));
+            self.agents[slot] = Some(LocalAgent::spawn(slot, &log, None, self.tx.clone())?);
+        }
+        self.agents[slot].as_mut().context("agent")
+    }
+
+    /// Stores an artifact after checking its name and checksum.
+    fn store_artifact(&self, id: &AttemptId, name: &str, sha256: &str, base64: &str) -> Result<()> {
+        if !is_safe_artifact_name(name) || !self.index.contains_key(&id.job_id) {
+            bail!("refused artifact {name:?} of {}: not a plain file name of a planned job", id.job_id);
+        }
+        let bytes = base64::engine::general_purpose::STANDARD.decode(base64).context("decode an artifact")?;
+        let actual: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if actual != sha256 {
+            bail!("artifact {name} of {} is corrupt: sha256 {actual}, expected {sha256}", id.job_id);
+        }
+        let dir = attempt_dir(&self.run_dir, &id.job_id, id.attempt);
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join(name), &bytes)?;
+        Ok(())
+    }
+
+    /// Handles one message; returns the scheduler event it means, if any.
+    fn incoming(&mut self, message: Incoming, now: f64) -> Result<Option<Event>> {
+        match message {
+            Incoming::Interrupt => {
+                if self.interrupted {
+                    // Second Ctrl-C: leave at once; the journal is already consistent.
+                    std::process::exit(i32::from(crate::exit::INTERRUPTED));
+                }
+                self.interrupted = true;
+                eprintln!("interrupted: cancelling running jobs (Ctrl-C again to quit at once)");
+                self.record(&Record::Interrupted { at: now_text() })?;
+                Ok(Some(Event::Cancel))
+            }
+            Incoming::Gone { slot, why } => {
+                self.agents[slot] = None;
+                let running: Vec<(u32, u32)> = self.state.running().collect();
+                for (job, attempt) in running {
+                    if let JobState::Running { slot: s, .. } = self.state.states[job as usize] {
+                        if s as usize == slot {
+                            let error = format!("agent on {} stopped: {why}", self.slot_names[slot]);
+                            self.record(&Record::Failed {
+                                job: self.ids[job as usize].clone(),
+                                attempt,
+                                error,
+                                retryable: true,
+                                at: now_text(),
+                            })?;
+                            return Ok(Some(Event::Failed {
+                                job,
+                                attempt,
+                                retryable: !self.interrupted,
+                                out_of_memory: false,
+                                now,
+                            }));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Incoming::Agent { slot, message } => match message {
+                FromAgent::Hello(h) => {
+                    llem_common::protocol::Hello::new("coordinator").check(&h)?;
+                    Ok(None)
+                }
+                FromAgent::Phase { id, phase } => {
+                    tracing::debug!("{} attempt {}: {phase:?}", id.job_id, id.attempt);
+                    Ok(None)
+                }
+                FromAgent::Sample { .. } => Ok(None),
+                FromAgent::Log { message, .. } => {
+                    tracing::info!("agent {}: {message}", self.slot_names[slot]);
+                    Ok(None)
+                }
+                FromAgent::Artifact { id, name, sha256, base64 } => {
+                    if let Err(e) = self.store_artifact(&id, &name, &sha256, &base64) {
+                        tracing::error!("{e:#}");
+                    }
+                    Ok(None)
+                }
+                FromAgent::Finished { id, result } => self.finished(slot, id, *result, now),
+                FromAgent::Failed { id, error, retryable } => {
+                    let Some(&job) = self.index.get(&id.job_id) else { return Ok(None) };
+                    let cancelled = error == "cancelled";
+                    if cancelled {
+                        self.record(&Record::Cancelled {
+                            job: id.job_id.clone(),
+                            attempt: id.attempt,
+                            at: now_text(),
+                        })?;
+                    } else {
+                        tracing::warn!("{} attempt {} failed: {error}", id.job_id, id.attempt);
+                        self.record(&Record::Failed {
+                            job: id.job_id.clone(),
+                            attempt: id.attempt,
+                            error: error.clone(),
+                            retryable,
+                            at: now_text(),
+                        })?;
+                    }
+                    let out_of_memory = error.contains("out of memory");
+                    Ok(Some(Event::Failed {
+                        job,
+                        attempt: id.attempt,
+                        retryable: retryable && !cancelled,
+                        out_of_memory,
+                        now,
+                    }))
+                }
+            },
+        }
+    }
+
+    fn finished(&mut self, slot: usize, id: AttemptId, result: JobResult, now: f64) -> Result<Option<Event>> {
+        let Some(&job) = self.index.get(&id.job_id) else {
+            // Not part of this plan (an old outbox entry): acknowledge so it is dropped.
+            self.agent(slot)?.send(&ToAgent::Ack { id })?;
+            return Ok(None);
+        };
+        if matches!(self.state.states[job as usize], JobState::Succeeded { .. }) {
+            // Already stored (a resent outbox entry): never counted twice.
+            self.agent(slot)?.send(&ToAgent::Ack { id })?;
+            return Ok(None);
+        }
+        let dir = attempt_dir(&self.run_dir, &id.job_id, id.attempt);
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join("result.json"), &serde_json::to_vec_pretty(&result)?)?;
+        // The journal line makes it count; only then may the agent forget it.
+        self.record(&Record::Finished { job: id.job_id.clone(), attempt: id.attempt, at: now_text() })?;
+        tracing::info!("{} attempt {} finished: {}", id.job_id, id.attempt, describe_energy(&result));
+        self.agent(slot)?.send(&ToAgent::Ack { id: id.clone() })?;
+        if matches!(self.state.states[job as usize], JobState::Running { attempt, .. } if attempt == id.attempt) {
+            Ok(Some(Event::Succeeded { job, attempt: id.attempt, now }))
+        } else {
+            // Finished in an earlier, interrupted run and delivered from the outbox.
+            self.state.mark_done(job, id.attempt);
+            Ok(Some(Event::Tick { now }))
+        }
+    }
+}
+
+fn describe_energy(r: &JobResult) -> String {
+    let tokens = format!("{} tokens in {:.2} s", r.tokens.output, r.duration_s);
+    match r.energy.total_j {
+        Some(j) => format!("{tokens}, {j:.2} J"),
+        None => format!("{tokens}, energy not measured"),
+    }
+}
+
+/// Runs (or resumes) a plan in `run_dir`. `done` lists jobs already finished (resume):
+/// (job id, attempt); `attempts` the attempts already used per job.
+pub fn dispatch(
+    plan: &Plan,
+    run_dir: &Path,
+    journal: Journal,
+    done: &[(String, u32)],
+    attempts: &HashMap<String, u32>,
+) -> Result<Ending> {
+    if plan.sweep.nodes.iter().any(|n| n.transport != Transport::Local) {
+        bail!("SSH nodes are not dispatched yet (the cluster release); `llem run` runs `nodes: local` sweeps");
+    }
+    let jobs = scheduler_jobs(plan);
+    let slots = local_slots(&jobs);
+    let slot_names = slots
+        .iter()
+        .map(|s| match s.kind {
+            SlotKind::Cpu => "local/cpu".to_owned(),
+            SlotKind::Gpu(g) => format!("local/cuda:{g}"),
+        })
+        .collect();
+    let e = &plan.sweep.execution;
+    let mut state = scheduler::State::new(jobs, slots.clone(), e.retries, e.gap_s, e.cycle_gap_s);
+    let ids: Vec<String> = plan.expansion.jobs.iter().map(|j| plan.expansion.job_id(j)).collect();
+    let index: HashMap<String, u32> = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
+    for (job, attempt) in done {
+        if let Some(&j) = index.get(job) {
+            state.mark_done(j, *attempt);
+        }
+    }
+    for (job, &a) in attempts {
+        if let Some(&j) = index.get(job) {
+            state.attempts[j as usize] = state.attempts[j as usize].max(a);
+        }
+    }
+    std::fs::create_dir_all(run_dir.join("agents"))?;
+    let (tx, rx) = mpsc::channel();
+    let ctrlc_tx = tx.clone();
+    let _ = ctrlc::set_handler(move || {
+        let _ = ctrlc_tx.send(Incoming::Interrupt);
+    });
+    let mut d = Dispatcher {
+        plan,
+        run_dir: run_dir.to_owned(),
+        journal,
+        state,
+        ids,
+        index,
+        agents: slots.iter().map(|_| None).collect(),
+        slot_names,
+        tx,
+        interrupted: false,
+    };
+    // Start every slot's agent now: each delivers its outbox after hello.
+    for slot in 0..slots.len() {
+        d.agent(slot)?;
+    }
+    let start = Instant::now();
+    let mut event = Event::Tick { now: 0.0 };
+    loop {
+        let effects = scheduler::on_event(&mut d.state, event);
+        let (wake, done) = d.apply(effects)?;
+        if done || (d.interrupted && d.state.running().next().is_none()) {
+            break;
+        }
+        let now = start.elapsed().as_secs_f64();
+        let message = match wake {
+            Some(at) if at > now => match rx.recv_timeout(Duration::from_secs_f64(at - now)) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("all agents are gone"),
+            },
+            Some(_) => None,
+            None => Some(rx.recv().context("all agents are gone")?),
+        };
+        let now = start.elapsed().as_secs_f64();
+        event = match message {
+            None => Event::Tick { now },
+            Some(m) => d.incoming(m, now)?.unwrap_or(Event::Tick { now }),
+        };
+    }
+    for agent in d.agents.into_iter().flatten() {
+        agent.shutdown();
+    }
+    if d.interrupted {
+        return Ok(Ending::Interrupted);
+    }
+    let ok = d.state.states.iter().all(|s| matches!(s, JobState::Succeeded { .. }));
+    Ok(if ok { Ending::AllSucceeded } else { Ending::SomeFailed })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::rfc3339(1_795_795_200.25), "2026-11-27T16:00:00.250Z");
+    }
+}
+
+/// Everything needed to start a run directory.
+pub fn create_run_dir(plan: &Plan, root: &Path) -> Result<(PathBuf, Journal)> {
+    let stamp: String = now_text().chars().filter(|c| c.is_ascii_digit()).take(14).collect();
+    let mut run_dir = root.join(format!("{}-{}", plan.sweep.name, stamp));
+    let mut n = 1;
+    while run_dir.exists() {
+        n += 1;
+        run_dir = root.join(format!("{}-{stamp}-{n}", plan.sweep.name));
+    }
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+    let text = std::fs::read(&plan.sweep.path).with_context(|| format!("read {}", plan.sweep.path.display()))?;
+    write_atomic(&run_dir.join("sweep.yaml"), &text)?;
+    let jobs: Vec<serde_json::Value> = plan
+        .expansion
+        .jobs
+        .iter()
+        .map(|j| {
+            let p = &plan.expansion.points[j.point as usize];
+            serde_json::json!({"id": plan.expansion.job_id(j), "cycle": j.cycle, "spec": point_spec(&plan.sweep, &plan.expansion, p)})
+        })
+        .collect();
+    let plan_json = serde_json::json!({
+        "sweep": {"name": plan.sweep.name, "file": plan.sweep.path, "source_hash": plan.sweep.source_hash},
+        "counts": plan.expansion.counts,
+        "jobs": jobs,
+        "graph": {"tasks": plan.graph.node_count(), "edges": plan.graph.edge_count(),
+                  "jobs": plan.graph.node_weights().filter(|t| matches!(t, Task::Job { .. })).count()},
+    });
+    write_atomic(&run_dir.join("plan.json"), &serde_json::to_vec_pretty(&plan_json)?)?;
+    let header = journal::Header {
+        llem_journal: journal::JOURNAL_VERSION,
+        sweep: plan.sweep.name.clone(),
+        sweep_file: plan.sweep.path.display().to_string(),
+        source_hash: plan.sweep.source_hash.clone(),
+        created_at: now_text(),
+    };
+    let journal = Journal::create(&run_dir.join("journal.jsonl"), &header)?;
+    Ok((run_dir, journal))
+}

@@ -1,0 +1,150 @@
+//! `llem run`, `llem resume`, `llem status`.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+
+use anyhow::{Context as _, Result};
+use llem_common::diag::render_all;
+
+use crate::cli::{ResumeArgs, RunArgs, StatusArgs};
+use crate::commands::{load_plan, print_warnings};
+use crate::exit;
+use crate::plan::Plan;
+use crate::run::journal::{self, Outcome};
+use crate::run::{self, results, Ending};
+
+fn finish(plan: &Plan, run_dir: &std::path::Path, ending: Ending) -> Result<u8> {
+    let rows = results::finished_rows(plan, run_dir)?;
+    results::write_results_parquet(&rows, &run_dir.join("results.parquet"))?;
+    let summary = results::write_summary(&rows, run_dir)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{summary}")?;
+    writeln!(out, "{} of {} jobs finished; results in {}", rows.len(), plan.expansion.jobs.len(), run_dir.display())?;
+    Ok(match ending {
+        Ending::AllSucceeded => exit::OK,
+        Ending::SomeFailed => exit::RUN_FAILED,
+        Ending::Interrupted => {
+            eprintln!("interrupted: continue with `llem resume {}`", run_dir.display());
+            exit::INTERRUPTED
+        }
+    })
+}
+
+pub fn run(args: &RunArgs) -> Result<u8> {
+    let plan = match load_plan(&args.file) {
+        Ok(plan) => plan,
+        Err((sources, diagnostics)) => {
+            eprint!("{}", render_all(&diagnostics, &sources));
+            return Ok(exit::BAD_INPUT);
+        }
+    };
+    print_warnings(&plan);
+    let (run_dir, journal) = run::create_run_dir(&plan, &args.runs_dir)?;
+    eprintln!("run directory: {}", run_dir.display());
+    let ending = run::dispatch(&plan, &run_dir, journal, &[], &HashMap::new())?;
+    finish(&plan, &run_dir, ending)
+}
+
+/// Drops a torn last line so appending starts on a fresh one.
+fn repair_tail(path: &std::path::Path) -> Result<()> {
+    let text = std::fs::read(path)?;
+    if let Some(last) = text.iter().rposition(|&b| b == b'\n') {
+        if last + 1 < text.len() {
+            let file = std::fs::OpenOptions::new().write(true).open(path)?;
+            file.set_len(last as u64 + 1)?;
+            file.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+pub fn resume(args: &ResumeArgs) -> Result<u8> {
+    let journal_path = args.run_dir.join("journal.jsonl");
+    let replayed = journal::replay(&journal_path).with_context(|| format!("read {}", journal_path.display()))?;
+    let sweep_file = std::path::PathBuf::from(&replayed.header.sweep_file);
+    let plan = match load_plan(&sweep_file) {
+        Ok(plan) => plan,
+        Err((sources, diagnostics)) => {
+            eprint!("{}", render_all(&diagnostics, &sources));
+            return Ok(exit::BAD_INPUT);
+        }
+    };
+    if plan.sweep.source_hash != replayed.header.source_hash && !args.allow_changed_sweep {
+        eprintln!(
+            "error: {} changed since this run started: its jobs may no longer be the ones measured\n  = help: pass --allow-changed-sweep to keep the finished jobs and run only new or changed ones",
+            sweep_file.display()
+        );
+        return Ok(exit::BAD_INPUT);
+    }
+    repair_tail(&journal_path)?;
+    let (outcomes, attempts) = replayed.outcomes();
+    let mut done = Vec::new();
+    for (job, outcome) in &outcomes {
+        match outcome {
+            Outcome::Finished { attempt } => done.push((job.clone(), *attempt)),
+            Outcome::Failed { .. } | Outcome::Skipped if args.retry_failed => {}
+            Outcome::Failed { attempt } => done.push((job.clone(), *attempt)),
+            Outcome::Skipped => done.push((job.clone(), 0)),
+        }
+    }
+    let journal = journal::Journal::append_to(&journal_path)?;
+    eprintln!("resuming {}: {} jobs already done", args.run_dir.display(), done.len());
+    let attempts: HashMap<String, u32> = attempts.into_iter().collect();
+    let ending = run::dispatch(&plan, &args.run_dir, journal, &done, &attempts)?;
+    finish(&plan, &args.run_dir, ending)
+}
+
+pub fn status(args: &StatusArgs) -> Result<u8> {
+    let journal_path = args.run_dir.join("journal.jsonl");
+    let replayed = journal::replay(&journal_path).with_context(|| format!("read {}", journal_path.display()))?;
+    let plan_text = std::fs::read_to_string(args.run_dir.join("plan.json")).context("read plan.json")?;
+    let plan: serde_json::Value = serde_json::from_str(&plan_text)?;
+    let (outcomes, attempts) = replayed.outcomes();
+    let jobs: Vec<(String, String, u32)> = plan["jobs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|j| {
+                    let id = j["id"].as_str()?.to_owned();
+                    let state = match outcomes.get(&id) {
+                        Some(Outcome::Finished { .. }) => "finished",
+                        Some(Outcome::Failed { .. }) => "failed",
+                        Some(Outcome::Skipped) => "skipped",
+                        None if attempts.contains_key(&id) => "interrupted",
+                        None => "pending",
+                    };
+                    Some((id.clone(), state.to_owned(), attempts.get(&id).copied().unwrap_or(0)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = |s: &str| jobs.iter().filter(|j| j.1 == s).count();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let list: Vec<_> =
+            jobs.iter().map(|(id, s, a)| serde_json::json!({"id": id, "state": s, "attempts": a})).collect();
+        let counts = serde_json::json!({"total": jobs.len(), "finished": count("finished"), "failed": count("failed"),
+            "skipped": count("skipped"), "interrupted": count("interrupted"), "pending": count("pending")});
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({"sweep": replayed.header.sweep, "counts": counts, "jobs": list}),
+        )?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{}: {} jobs — {} finished, {} failed, {} skipped, {} interrupted, {} pending",
+            replayed.header.sweep,
+            jobs.len(),
+            count("finished"),
+            count("failed"),
+            count("skipped"),
+            count("interrupted"),
+            count("pending")
+        )?;
+        for (id, s, a) in &jobs {
+            writeln!(out, "  {id}  {s:<11}  attempts {a}")?;
+        }
+    }
+    Ok(exit::OK)
+}
