@@ -169,8 +169,12 @@ impl State {
         }
     }
 
-    /// Marks jobs finished in an earlier run (resume): they are never run again.
+    /// Marks a job finished by an earlier attempt (resume, or an outbox delivery): it is
+    /// never run again, and a slot it occupies is freed.
     pub fn mark_done(&mut self, job: u32, attempt: u32) {
+        if let JobState::Running { slot, .. } = self.states[job as usize] {
+            self.slots[slot as usize].busy = None;
+        }
         self.states[job as usize] = JobState::Succeeded { attempt };
         self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
     }

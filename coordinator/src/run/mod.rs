@@ -335,7 +335,14 @@ impl Dispatcher<'_> {
         if matches!(self.state.states[job as usize], JobState::Running { attempt, .. } if attempt == id.attempt) {
             Ok(Some(Event::Succeeded { job, attempt: id.attempt, now }))
         } else {
-            // Finished in an earlier, interrupted run and delivered from the outbox.
+            // Finished in an earlier, interrupted run and delivered from the outbox. If a
+            // newer attempt already started, it is redundant: stop it.
+            if let JobState::Running { attempt, .. } = self.state.states[job as usize] {
+                let newer = AttemptId { job_id: id.job_id.clone(), attempt };
+                for agent in self.agents.iter_mut().flatten() {
+                    let _ = agent.send(&ToAgent::Cancel { id: newer.clone() });
+                }
+            }
             self.state.mark_done(job, id.attempt);
             Ok(Some(Event::Tick { now }))
         }

@@ -4,4 +4,5 @@
 mod agent;
 mod candle;
 mod models;
+mod run;
 mod sweeps;

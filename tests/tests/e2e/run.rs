@@ -1,0 +1,156 @@
+//! `llem run` end to end with the real binaries, and the crash test: a sweep killed with
+//! SIGKILL at random moments, then resumed, ends with every job's result exactly once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use llem_tests::binary;
+
+const SWEEP: &str = "name: crash\nmodel: synthetic\nengine: synthetic\nn_prompts: 2\nmax_output_tokens: 40\nmeasurement: {baseline: {duration_s: 0}, warmup: {prompts: 1}, thermal_floor: {max_s: 0}}\nsweep:\n  synthetic.ms_per_token: [1, 2]\n  batch_size: [1, 2]\nexecution: {cycles: 2, order: interleaved}\n";
+const JOBS: usize = 8;
+
+fn llem(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("llem"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("LLEM_STATE_DIR", dir.join("agent-state"))
+        .env("LLEM_POWERCAP_ROOT", dir.join("no-powercap"))
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn run_dir(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join("runs")).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
+}
+
+fn journal_lines(run: Option<PathBuf>) -> usize {
+    run.and_then(|r| std::fs::read_to_string(r.join("journal.jsonl")).ok()).map_or(0, |t| t.lines().count())
+}
+
+fn stray_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".tmp")) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Checks a completed run: each job finished exactly once, results.parquet has a row per
+/// job, no temp files remain.
+fn check_complete(run: &Path) {
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
+    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
+    for line in journal.lines().skip(1) {
+        let r: serde_json::Value = serde_json::from_str(line).expect("journal line");
+        if r["event"] == "finished" {
+            *finished.entry(r["job"].as_str().expect("job").to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(finished.len(), JOBS, "{finished:?}");
+    assert!(finished.values().all(|&n| n == 1), "a job finished twice: {finished:?}");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]); ids = t.column('job_id').to_pylist(); print(len(ids), len(set(ids)))")
+        .arg(run.join("results.parquet"))
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{JOBS} {JOBS}"));
+    let stray = stray_temp_files(run);
+    assert!(stray.is_empty(), "temp files left: {stray:?}");
+}
+
+#[test]
+fn a_sweep_runs_to_results_and_status() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("sweep.yaml"), SWEEP).expect("sweep");
+    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = run_dir(dir.path()).expect("run dir");
+    check_complete(&run);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("8 of 8 jobs finished") && stdout.contains("not measured"), "{stdout}");
+    for f in ["sweep.yaml", "plan.json", "summary.md", "summary.csv"] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    let status = llem(dir.path(), &["status", "--json", run.to_str().expect("utf8")]).output().expect("status");
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(s["counts"]["finished"], 8);
+    // The agents' outbox is empty: every result was acknowledged.
+    let outbox = dir.path().join("agent-state").join("outbox");
+    assert_eq!(std::fs::read_dir(&outbox).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[test]
+fn resume_refuses_a_changed_sweep() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("sweep.yaml"), SWEEP).expect("sweep");
+    assert_eq!(llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
+    let run = run_dir(dir.path()).expect("run dir");
+    std::fs::write(dir.path().join("sweep.yaml"), SWEEP.replace("cycles: 2", "cycles: 3")).expect("edit");
+    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-changed-sweep"));
+    // Allowed: only the new third cycle runs.
+    let out =
+        llem(dir.path(), &["resume", "--allow-changed-sweep", run.to_str().expect("utf8")]).output().expect("resume");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("12 of 12 jobs finished"));
+}
+
+#[test]
+fn killed_at_random_moments_then_resumed_every_result_exactly_once() {
+    // LLEM_KILL_TRIALS=20 runs the full set; CI runs fewer.
+    let trials: u64 = std::env::var("LLEM_KILL_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let mut seed = 0x5eed_u64;
+    for trial in 0..trials {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("sweep.yaml"), SWEEP).expect("sweep");
+        // Kill once the journal has k lines (k spans "before the first dispatch" to
+        // "after the last finish"), plus a random few milliseconds into whatever follows.
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let k = (seed >> 33) as usize % (2 * JOBS + 2);
+        let extra_ms = (seed >> 20) % 40;
+        let mut child =
+            llem(dir.path(), &["run", "sweep.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while journal_lines(run_dir(dir.path())) < k
+            && child.try_wait().expect("wait").is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        // SIGKILL: no chance to clean up.
+        let _ = child.kill();
+        let _ = child.wait();
+        match run_dir(dir.path()) {
+            Some(run) if run.join("journal.jsonl").exists() => {
+                let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "trial {trial} (k {k}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                check_complete(&run);
+            }
+            // Killed before the run directory existed: a fresh run completes.
+            _ => {
+                let _ = std::fs::remove_dir_all(dir.path().join("runs"));
+                assert_eq!(llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
+                check_complete(&run_dir(dir.path()).expect("run dir"));
+            }
+        }
+    }
+}
