@@ -61,6 +61,17 @@ pub enum Command {
 
     /// Show how far a run got: counts and each job's state.
     Status(StatusArgs),
+
+    /// Write results.parquet and report/ (index.html with plots, summary.md, summary.csv)
+    /// for a run directory (`llem run` does this at the end).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run directory.
+    #[arg(value_name = "RUN_DIR")]
+    pub run_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

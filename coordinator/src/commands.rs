@@ -22,6 +22,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
         Command::Run(args) => crate::run_cmd::run(&args),
         Command::Resume(args) => crate::run_cmd::resume(&args),
         Command::Status(args) => crate::run_cmd::status(&args),
+        Command::Report(args) => crate::run_cmd::report(&args),
     }
 }
 

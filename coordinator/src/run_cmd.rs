@@ -6,20 +6,28 @@ use std::io::Write as _;
 use anyhow::{Context as _, Result};
 use llem_common::diag::render_all;
 
-use crate::cli::{ResumeArgs, RunArgs, StatusArgs};
+use crate::cli::{ReportArgs, ResumeArgs, RunArgs, StatusArgs};
 use crate::commands::{load_plan, print_warnings};
 use crate::exit;
 use crate::plan::Plan;
 use crate::run::journal::{self, Outcome};
-use crate::run::{self, results, Ending};
+use crate::run::{self, report, results, Ending};
 
-fn finish(plan: &Plan, run_dir: &std::path::Path, ending: Ending) -> Result<u8> {
+/// Writes results.parquet and the report; returns the summary table and index.html.
+fn write_outputs(plan: &Plan, run_dir: &std::path::Path) -> Result<(usize, String, std::path::PathBuf)> {
     let rows = results::finished_rows(plan, run_dir)?;
     results::write_results_parquet(&rows, &run_dir.join("results.parquet"))?;
-    let summary = results::write_summary(&rows, run_dir)?;
+    let (md, csv) = results::summary(&rows);
+    let index = report::write_report(&plan.sweep.name, &rows, run_dir, &md, &csv)?;
+    Ok((rows.len(), md, index))
+}
+
+fn finish(plan: &Plan, run_dir: &std::path::Path, ending: Ending) -> Result<u8> {
+    let (finished, summary, index) = write_outputs(plan, run_dir)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{summary}")?;
-    writeln!(out, "{} of {} jobs finished; results in {}", rows.len(), plan.expansion.jobs.len(), run_dir.display())?;
+    writeln!(out, "{finished} of {} jobs finished; results in {}", plan.expansion.jobs.len(), run_dir.display())?;
+    writeln!(out, "report: {}", index.display())?;
     Ok(match ending {
         Ending::AllSucceeded => exit::OK,
         Ending::SomeFailed => exit::RUN_FAILED,
@@ -146,5 +154,31 @@ pub fn status(args: &StatusArgs) -> Result<u8> {
             writeln!(out, "  {id}  {s:<11}  attempts {a}")?;
         }
     }
+    Ok(exit::OK)
+}
+
+/// The plan of a run directory, from the sweep file it recorded.
+fn plan_of(run_dir: &std::path::Path) -> Result<Result<Plan, u8>> {
+    let journal_path = run_dir.join("journal.jsonl");
+    let replayed = journal::replay(&journal_path).with_context(|| format!("read {}", journal_path.display()))?;
+    // The run directory keeps the sweep as it was: report from that copy.
+    let copy = run_dir.join("sweep.yaml");
+    let file = if copy.exists() { copy } else { std::path::PathBuf::from(&replayed.header.sweep_file) };
+    Ok(match load_plan(&file) {
+        Ok(plan) => Ok(plan),
+        Err((sources, diagnostics)) => {
+            eprint!("{}", render_all(&diagnostics, &sources));
+            Err(exit::BAD_INPUT)
+        }
+    })
+}
+
+pub fn report(args: &ReportArgs) -> Result<u8> {
+    let plan = match plan_of(&args.run_dir)? {
+        Ok(plan) => plan,
+        Err(code) => return Ok(code),
+    };
+    let (finished, _, index) = write_outputs(&plan, &args.run_dir)?;
+    writeln!(std::io::stdout().lock(), "{finished} finished jobs; report: {}", index.display())?;
     Ok(exit::OK)
 }

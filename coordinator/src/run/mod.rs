@@ -7,7 +7,7 @@
 //! runs/<sweep>-<utc>/
 //!   sweep.yaml  plan.json  journal.jsonl  agents/<slot>.log
 //!   jobs/<job-id>/attempt-<n>/{result.json, timeseries.parquet, …}
-//!   results.parquet  summary.md  summary.csv
+//!   results.parquet  report/{index.html, summary.md, summary.csv, *.svg}
 //! ```
 
 use std::collections::HashMap;
@@ -28,6 +28,7 @@ use crate::scheduler::{self, Effect, Event, JobInput, JobState, Need, Slot, Slot
 use crate::sweep::Transport;
 
 pub mod journal;
+pub mod report;
 pub mod results;
 pub mod transport;
 
@@ -448,14 +449,6 @@ pub fn dispatch(
     Ok(if ok { Ending::AllSucceeded } else { Ending::SomeFailed })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_utc() {
-        assert_eq!(super::rfc3339(1_795_795_200.25), "2026-11-27T16:00:00.250Z");
-    }
-}
-
 /// Everything needed to start a run directory.
 pub fn create_run_dir(plan: &Plan, root: &Path) -> Result<(PathBuf, Journal)> {
     let stamp: String = now_text().chars().filter(|c| c.is_ascii_digit()).take(14).collect();
@@ -494,4 +487,12 @@ pub fn create_run_dir(plan: &Plan, root: &Path) -> Result<(PathBuf, Journal)> {
     };
     let journal = Journal::create(&run_dir.join("journal.jsonl"), &header)?;
     Ok((run_dir, journal))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::rfc3339(1_795_795_200.25), "2026-11-27T16:00:00.250Z");
+    }
 }

@@ -204,8 +204,8 @@ fn fmt(v: Option<(f64, Option<f64>)>, digits: usize) -> String {
     }
 }
 
-/// Writes `summary.md` and `summary.csv`: one row per configuration.
-pub fn write_summary(rows: &[Row], run_dir: &Path) -> Result<String> {
+/// `summary.md` and `summary.csv`: one row per configuration.
+pub fn summary(rows: &[Row]) -> (String, String) {
     let mut configs: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for r in rows {
@@ -239,9 +239,7 @@ pub fn write_summary(rows: &[Row], run_dir: &Path) -> Result<String> {
             opt(f.map(|x| x.0))
         );
     }
-    write_atomic(&run_dir.join("summary.md"), md.as_bytes())?;
-    write_atomic(&run_dir.join("summary.csv"), csv.as_bytes())?;
-    Ok(md)
+    (md, csv)
 }
 
 #[cfg(test)]

@@ -53,14 +53,14 @@ impl Job {
 
 /// A powercap tree whose package counter a thread advances at `watts`, wrapping at
 /// `range_j`, until dropped.
-struct FakeRapl {
-    root: PathBuf,
+pub(crate) struct FakeRapl {
+    pub(crate) root: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeRapl {
-    fn start(root: &Path, watts: f64, range_j: f64) -> FakeRapl {
+    pub(crate) fn start(root: &Path, watts: f64, range_j: f64) -> FakeRapl {
         let zone = root.join("intel-rapl:0");
         std::fs::create_dir_all(zone.join("intel-rapl:0:0")).expect("zone");
         std::fs::write(zone.join("name"), "package-0\n").expect("name");

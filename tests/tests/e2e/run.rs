@@ -80,7 +80,7 @@ fn a_sweep_runs_to_results_and_status() {
     check_complete(&run);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("8 of 8 jobs finished") && stdout.contains("not measured"), "{stdout}");
-    for f in ["sweep.yaml", "plan.json", "summary.md", "summary.csv"] {
+    for f in ["sweep.yaml", "plan.json", "report/summary.md", "report/summary.csv", "report/index.html"] {
         assert!(run.join(f).exists(), "{f}");
     }
     let status = llem(dir.path(), &["status", "--json", run.to_str().expect("utf8")]).output().expect("status");
@@ -153,4 +153,63 @@ fn killed_at_random_moments_then_resumed_every_result_exactly_once() {
             }
         }
     }
+}
+
+/// Renders `index.html` in headless Chromium and returns what the page recorded about
+/// each plot after layout: id, size, marks drawn, "not measured" notes.
+fn rendered_plots(index: &Path) -> Vec<serde_json::Value> {
+    let profile = tempfile::tempdir().expect("profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", index.display()))
+        .output()
+        .expect("chromium (scripts/test installs Debian's chromium)");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let start = dom.find("data-plots=\"").expect("the page's script recorded its plots") + "data-plots=\"".len();
+    let end = start + dom[start..].find('"').expect("attribute end");
+    let json = dom[start..end].replace("&quot;", "\"").replace("&amp;", "&");
+    serde_json::from_str::<Vec<serde_json::Value>>(&json).expect("plots JSON")
+}
+
+#[test]
+fn the_report_renders_its_plots_in_chromium() {
+    // With a (fake) energy sensor every plot has marks.
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("sweep.yaml"), SWEEP.replace("n_prompts: 2", "n_prompts: 10")).expect("sweep");
+    let rapl = crate::agent::FakeRapl::start(&dir.path().join("powercap"), 30.0, 1e6);
+    let out = llem(dir.path(), &["run", "sweep.yaml"]).env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run");
+    drop(rapl);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = run_dir(dir.path()).expect("run dir");
+    let plots = rendered_plots(&run.join("report").join("index.html"));
+    let ids: Vec<&str> = plots.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(ids, vec!["j-per-token", "tokens-per-s", "energy-latency", "power-timeseries"]);
+    for p in &plots {
+        assert!(p["width"].as_u64() > Some(100) && p["height"].as_u64() > Some(100), "{p}");
+        assert!(p["marks"].as_u64() > Some(0), "nothing drawn: {p}");
+        assert_eq!(p["notMeasured"], 0, "{p}");
+    }
+
+    // Without one, energy plots say "not measured" and draw no bars.
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("sweep.yaml"), SWEEP).expect("sweep");
+    assert_eq!(llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
+    let run = run_dir(dir.path()).expect("run dir");
+    let plots = rendered_plots(&run.join("report").join("index.html"));
+    let energy = plots.iter().find(|p| p["id"] == "j-per-token").expect("energy plot");
+    assert_eq!((energy["marks"].as_u64(), energy["notMeasured"].as_u64()), (Some(0), Some(1)));
+    let summary = std::fs::read_to_string(run.join("report").join("summary.md")).expect("summary");
+    assert!(summary.contains("not measured") && !summary.contains("| 0.0000"), "{summary}");
 }
