@@ -101,6 +101,54 @@ struct Dispatcher<'p> {
     slot_names: Vec<String>,
     tx: mpsc::Sender<Incoming>,
     interrupted: bool,
+    progress: Progress,
+}
+
+/// Progress on stderr: an indicatif bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: usize,
+    failed: usize,
+}
+
+impl Progress {
+    fn new(total: usize, already: usize) -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} jobs ({msg}) eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(already as u64);
+            bar
+        });
+        Progress { bar, total, done: already, failed: 0 }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn started(&self, job: &str, attempt: u32, slot: &str) {
+        let text = format!("[{}/{}] {job} attempt {attempt} on {slot}", self.done, self.total);
+        match &self.bar {
+            Some(bar) => bar.set_message(format!("{} failed, running {job} on {slot}", self.failed)),
+            None => self.line(&text),
+        }
+    }
+
+    fn ended(&mut self, job: &str, what: &str, failed: bool) {
+        self.done += 1;
+        self.failed += usize::from(failed);
+        self.line(&format!("[{}/{}] {job} {what}", self.done, self.total));
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done as u64);
+        }
+    }
 }
 
 /// The scheduler's view of a plan: needs, eligible nodes, cycles and monotone edges.
@@ -174,7 +222,7 @@ impl Dispatcher<'_> {
                         node: self.slot_names[slot as usize].clone(),
                         at: now_text(),
                     })?;
-                    tracing::info!("start {id} attempt {attempt} on {}", self.slot_names[slot as usize]);
+                    self.progress.started(&id, attempt, &self.slot_names[slot as usize]);
                     let exp = &self.plan.expansion;
                     let spec = point_spec(&self.plan.sweep, exp, &exp.points[exp.jobs[job as usize].point as usize]);
                     let agent = self.agent(slot as usize)?;
@@ -188,7 +236,7 @@ impl Dispatcher<'_> {
                 }
                 Effect::Skip { job, because } => {
                     let (job, because) = (self.ids[job as usize].clone(), self.ids[because as usize].clone());
-                    tracing::warn!("skip {job}: {because} ran out of memory");
+                    self.progress.ended(&job, &format!("skipped: {because} ran out of memory"), true);
                     self.record(&Record::Skipped { job, because, at: now_text() })?;
                 }
                 Effect::WakeAt { at } => wake = Some(at),
@@ -331,7 +379,7 @@ impl Dispatcher<'_> {
         write_atomic(&dir.join("result.json"), &serde_json::to_vec_pretty(&result)?)?;
         // The journal line makes it count; only then may the agent forget it.
         self.record(&Record::Finished { job: id.job_id.clone(), attempt: id.attempt, at: now_text() })?;
-        tracing::info!("{} attempt {} finished: {}", id.job_id, id.attempt, describe_energy(&result));
+        self.progress.ended(&id.job_id, &format!("finished: {}", describe_energy(&result)), false);
         self.agent(slot)?.send(&ToAgent::Ack { id: id.clone() })?;
         if matches!(self.state.states[job as usize], JobState::Running { attempt, .. } if attempt == id.attempt) {
             Ok(Some(Event::Succeeded { job, attempt: id.attempt, now }))
@@ -410,6 +458,7 @@ pub fn dispatch(
         slot_names,
         tx,
         interrupted: false,
+        progress: Progress::new(plan.expansion.jobs.len(), done.len()),
     };
     // Start every slot's agent now: each delivers its outbox after hello.
     for slot in 0..slots.len() {
@@ -441,6 +490,9 @@ pub fn dispatch(
     }
     for agent in d.agents.into_iter().flatten() {
         agent.shutdown();
+    }
+    if let Some(bar) = &d.progress.bar {
+        bar.finish_and_clear();
     }
     if d.interrupted {
         return Ok(Ending::Interrupted);

@@ -213,3 +213,50 @@ fn the_report_renders_its_plots_in_chromium() {
     let summary = std::fs::read_to_string(run.join("report").join("summary.md")).expect("summary");
     assert!(summary.contains("not measured") && !summary.contains("| 0.0000"), "{summary}");
 }
+
+#[test]
+fn ctrl_c_cancels_cleanly_exits_130_and_resumes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let flag = dir.path().join("go");
+    let marker = format!("llem-interrupt-marker-{}", std::process::id());
+    // Each job waits for the flag file: it is running, not finished, when interrupted.
+    let sweep = format!(
+        "name: int\nmodel: waiter\nengine: command\ncommand: [python3, -c, \"import os,sys,time\\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.02)\", {:?}, {marker}]\nmeasurement: {{baseline: {{duration_s: 0}}, thermal_floor: {{max_s: 0}}}}\nsweep: {{n_prompts: [1, 2]}}\nexecution: {{cycles: 1}}\n",
+        flag.display().to_string()
+    );
+    std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
+    let child =
+        llem(dir.path(), &["run", "sweep.yaml"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dispatched = |d: &Path| {
+        run_dir(d)
+            .and_then(|r| std::fs::read_to_string(r.join("journal.jsonl")).ok())
+            .is_some_and(|t| t.contains("\"dispatched\""))
+    };
+    while !dispatched(dir.path()) && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    // The program is running once the agent started it.
+    while !Command::new("pgrep").args(["-f", &marker]).output().expect("pgrep").status.success()
+        && Instant::now() < deadline
+    {
+        std::thread::yield_now();
+    }
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("llem exits");
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = run_dir(dir.path()).expect("run dir");
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
+    assert!(journal.contains("\"interrupted\"") && journal.contains("\"cancelled\""), "{journal}");
+    assert!(!journal.contains("\"finished\""), "no partial result counted");
+    // No orphan keeps running, and the device lock is free again.
+    assert!(
+        !Command::new("pgrep").args(["-f", &marker]).output().expect("pgrep").status.success(),
+        "the program survived"
+    );
+    std::fs::write(&flag, "").expect("flag");
+    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 of 2 jobs finished"));
+}
