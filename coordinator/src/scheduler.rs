@@ -474,7 +474,9 @@ mod tests {
 
     /// A random workload: jobs with random prerequisites (only on earlier jobs, so the
     /// graph is acyclic), random needs, random outcomes.
-    fn workload() -> impl Strategy<Value = (Vec<JobInput>, Vec<(u16, SlotKind)>, u32, Vec<(bool, bool, bool)>)> {
+    type Workload = (Vec<JobInput>, Vec<(u16, SlotKind)>, u32, Vec<(bool, bool, bool)>);
+
+    fn workload() -> impl Strategy<Value = Workload> {
         let slots = proptest::collection::vec(
             (0u16..3, prop_oneof![Just(SlotKind::Cpu), (0u32..2).prop_map(SlotKind::Gpu)]),
             1..5,

@@ -142,15 +142,13 @@ impl Replay {
                 Record::Finished { job, attempt, .. } => {
                     outcomes.insert(job.clone(), Outcome::Finished { attempt: *attempt });
                 }
-                Record::Failed { job, attempt, retryable: false, .. } => {
-                    if !matches!(outcomes.get(job), Some(Outcome::Finished { .. })) {
-                        outcomes.insert(job.clone(), Outcome::Failed { attempt: *attempt });
-                    }
+                Record::Failed { job, attempt, retryable: false, .. }
+                    if !matches!(outcomes.get(job), Some(Outcome::Finished { .. })) =>
+                {
+                    outcomes.insert(job.clone(), Outcome::Failed { attempt: *attempt });
                 }
-                Record::Skipped { job, .. } => {
-                    if !matches!(outcomes.get(job), Some(Outcome::Finished { .. })) {
-                        outcomes.insert(job.clone(), Outcome::Skipped);
-                    }
+                Record::Skipped { job, .. } if !matches!(outcomes.get(job), Some(Outcome::Finished { .. })) => {
+                    outcomes.insert(job.clone(), Outcome::Skipped);
                 }
                 _ => {}
             }
@@ -229,19 +227,14 @@ mod tests {
         j.append(&Record::Finished { job: "a-c1".into(), attempt: 2, at: "t".into() }).expect("append");
         drop(j);
         // A crash in the middle of a line.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .expect("open")
-            .write_all(b"{\"event\":\"dispat")
-            .expect("write");
+        OpenOptions::new().append(true).open(&path).expect("open").write_all(b"{\"event\":\"dispat").expect("write");
         let r = replay(&path).expect("replays");
         assert!(r.torn_tail);
         assert_eq!(r.records.len(), 4);
         let (outcomes, attempts) = r.outcomes();
         assert_eq!(outcomes.get("a-c1"), Some(&Outcome::Finished { attempt: 2 }));
         assert_eq!(attempts.get("a-c1"), Some(&2));
-        // Appending after a torn tail starts a fresh line? No: resume truncates the tail first.
+        // Anything malformed before the last line is corruption, not a torn tail.
         let text = std::fs::read_to_string(&path).expect("read");
         let mut bad = text.lines().take(3).collect::<Vec<_>>().join("\n");
         bad.push_str("\nnot json\n{\"event\":\"interrupted\",\"at\":\"t\"}\n");
