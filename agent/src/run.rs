@@ -11,8 +11,9 @@ use llem_common::spec::{Device, ExperimentSpec};
 use crate::baseline::FileBaselineStore;
 use crate::clock::SystemClock;
 use crate::lock::DeviceLock;
+use crate::sampler::PowerObserver;
 use crate::sampler::{Meter as _, ThreadedMeter};
-use crate::sequence::{self, Context};
+use crate::sequence::{self, Context, PhaseObserver};
 use crate::{fsutil, probe, sensor, timeseries, workload};
 
 /// Where the agent keeps locks and cached baselines: `$LLEM_STATE_DIR`, else
@@ -44,6 +45,32 @@ pub fn run_job(
     state_dir: &Path,
     cancel: workload::Cancel,
 ) -> Result<JobResult> {
+    run_job_observed(spec, job_id, base_dir, out, state_dir, cancel, Observers::default())
+}
+
+/// Progress callbacks of a job (`serve` forwards them to the coordinator).
+#[derive(Default)]
+pub struct Observers {
+    pub phase: PhaseObserver,
+    pub power: Option<PowerObserver>,
+}
+
+impl std::fmt::Debug for Observers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observers").field("phase", &self.phase).field("power", &self.power.is_some()).finish()
+    }
+}
+
+/// [`run_job`] with progress callbacks.
+pub fn run_job_observed(
+    spec: &ExperimentSpec,
+    job_id: &str,
+    base_dir: &Path,
+    out: &Path,
+    state_dir: &Path,
+    cancel: workload::Cancel,
+    observers: Observers,
+) -> Result<JobResult> {
     std::fs::create_dir_all(out).with_context(|| format!("create the output directory {}", out.display()))?;
     let device = match spec.device {
         Device::Cuda(None) => Device::Cuda(Some(0)),
@@ -58,10 +85,13 @@ pub fn run_job(
 
     let clock = Arc::new(SystemClock::default());
     let mut meter = ThreadedMeter::new(sensor, Arc::clone(&clock));
+    if let Some(power) = observers.power {
+        meter = meter.with_power_observer(power);
+    }
     let (gpus, driver) = meter.with_sensor(|s| (s.gpu_info(), s.driver_version()));
     let mut node = probe::host_snapshot(&device.to_string());
     node.driver_version = driver;
-    let ctx = Context { job_id: job_id.to_owned(), node, gpus, skipped_sensors: skipped };
+    let ctx = Context { job_id: job_id.to_owned(), node, gpus, skipped_sensors: skipped, on_phase: observers.phase };
     let mut engine = workload::for_spec(spec, clock.as_ref(), base_dir, out, cancel).context("start the engine")?;
     let store = FileBaselineStore::new(state_dir);
     let measured = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx)?;

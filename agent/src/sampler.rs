@@ -57,7 +57,11 @@ pub struct ThreadedMeter<C: Clock + 'static> {
     kind: SensorKind,
     clock: Arc<C>,
     running: Option<(JoinHandle<Vec<Sample>>, Stop)>,
+    on_power: Option<PowerObserver>,
 }
+
+/// Told the devices' total power at most once a second while sampling (live progress).
+pub type PowerObserver = Arc<dyn Fn(f64) + Send + Sync>;
 
 impl<C: Clock> std::fmt::Debug for ThreadedMeter<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,7 +73,14 @@ impl<C: Clock> ThreadedMeter<C> {
     pub fn new(sensor: Box<dyn Sensor>, clock: Arc<C>) -> Self {
         let devices = sensor.devices().to_vec();
         let kind = sensor.kind();
-        ThreadedMeter { sensor: Arc::new(Mutex::new(sensor)), devices, kind, clock, running: None }
+        ThreadedMeter { sensor: Arc::new(Mutex::new(sensor)), devices, kind, clock, running: None, on_power: None }
+    }
+
+    /// Reports live power (≤ 1 Hz) to `observer` while sampling.
+    #[must_use]
+    pub fn with_power_observer(mut self, observer: PowerObserver) -> Self {
+        self.on_power = Some(observer);
+        self
     }
 
     /// The sensor, for provenance queries.

@@ -29,6 +29,26 @@ pub struct Context {
     pub gpus: Vec<GpuInfo>,
     /// Why better energy sources were not used (from `sensor::open`).
     pub skipped_sensors: Vec<String>,
+    /// Told each phase as it starts (progress displays).
+    pub on_phase: PhaseObserver,
+}
+
+/// A callback for phase changes (none by default).
+#[derive(Clone, Default)]
+pub struct PhaseObserver(pub Option<std::sync::Arc<dyn Fn(llem_common::protocol::Phase) + Send + Sync>>);
+
+impl PhaseObserver {
+    fn tell(&self, phase: llem_common::protocol::Phase) {
+        if let Some(f) = &self.0 {
+            f(phase);
+        }
+    }
+}
+
+impl std::fmt::Debug for PhaseObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "PhaseObserver(set)" } else { "PhaseObserver(none)" })
+    }
 }
 
 /// A finished measurement: the result and the samples of the measured window.
@@ -87,21 +107,27 @@ where
     let devices = meter.devices();
 
     // 1. Baseline: idle power before the model loads, cached per device.
+    use llem_common::protocol::Phase;
+    ctx.on_phase.tell(Phase::Baseline);
     let baseline = baseline(spec, clock, meter, store, &devices);
 
     // 2. Load.
+    ctx.on_phase.tell(Phase::Loading);
     let t = clock.now();
     let loaded = engine.load().map_err(fail("loading the model"))?;
     let load = LoadInfo { time_s: clock.now() - t, memory_mb: loaded.memory_mb, peak_memory_mb: None };
 
     // 3. Warmup: its tokens never count.
+    ctx.on_phase.tell(Phase::Warmup);
     let warmup = warmup(spec, engine)?;
 
     // 4. Thermal floor.
+    ctx.on_phase.tell(Phase::ThermalFloor);
     let thermal = thermal_floor(spec, clock, meter);
 
     // 5. Measure: sampler over the whole window; counters read after a device sync on
     //    both sides.
+    ctx.on_phase.tell(Phase::Measuring);
     meter.start(m.sample_hz);
     engine.sync();
     let start = meter.read_now();

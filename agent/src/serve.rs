@@ -18,7 +18,8 @@ use llem_common::protocol::{read_frame, write_frame, AttemptId, FromAgent, Hello
 use llem_common::result::JobResult;
 use sha2::{Digest, Sha256};
 
-use crate::run::run_job;
+use crate::run::{run_job_observed, Observers};
+use crate::sequence::PhaseObserver;
 use crate::workload::Cancel;
 
 type Out = Arc<Mutex<std::io::Stdout>>;
@@ -149,7 +150,19 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                     let dir = attempt_dir(&state2, &id2);
                     let _ = std::fs::remove_dir_all(&dir);
                     send(&out2, &FromAgent::Phase { id: id2.clone(), phase: Phase::WaitingForLock });
-                    match run_job(&spec, &id2.job_id, &base2, &dir, &state2, cancel2.clone()) {
+                    let (o_phase, o_power, pid, wid) = (Arc::clone(&out2), Arc::clone(&out2), id2.clone(), id2.clone());
+                    let observers = Observers {
+                        phase: PhaseObserver(Some(Arc::new(move |phase| {
+                            send(&o_phase, &FromAgent::Phase { id: pid.clone(), phase })
+                        }))),
+                        power: Some(Arc::new(move |watts| {
+                            send(
+                                &o_power,
+                                &FromAgent::Sample { id: wid.clone(), power_w: Some(watts), tokens_per_s: None },
+                            );
+                        })),
+                    };
+                    match run_job_observed(&spec, &id2.job_id, &base2, &dir, &state2, cancel2.clone(), observers) {
                         Ok(result) => deliver(&out2, &dir, &id2, result),
                         Err(e) => {
                             // A cancelled or failed attempt leaves nothing to count.

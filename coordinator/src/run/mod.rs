@@ -106,16 +106,22 @@ struct Dispatcher<'p> {
 
 /// Progress on stderr: an indicatif bar on a terminal, plain lines otherwise.
 struct Progress {
+    multi: Option<indicatif::MultiProgress>,
     bar: Option<indicatif::ProgressBar>,
+    /// A line per device slot (terminal only): job, phase, live watts.
+    slot_lines: Vec<Option<indicatif::ProgressBar>>,
+    slot_state: Vec<(String, String, Option<f64>)>,
     total: usize,
     done: usize,
     failed: usize,
 }
 
 impl Progress {
-    fn new(total: usize, already: usize) -> Self {
-        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
+    fn new(total: usize, already: usize, slots: &[String]) -> Self {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let multi = tty.then(indicatif::MultiProgress::new);
+        let bar = multi.as_ref().map(|m| {
+            let bar = m.add(indicatif::ProgressBar::new(total as u64));
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} jobs ({msg}) eta {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -123,12 +129,48 @@ impl Progress {
             bar.set_position(already as u64);
             bar
         });
-        Progress { bar, total, done: already, failed: 0 }
+        let slot_lines = slots
+            .iter()
+            .map(|name| {
+                multi.as_ref().map(|m| {
+                    let line = m.add(indicatif::ProgressBar::new_spinner());
+                    line.set_message(format!("{name}: idle"));
+                    line
+                })
+            })
+            .collect();
+        let slot_state = slots.iter().map(|n| (n.clone(), String::new(), None)).collect();
+        Progress { multi, bar, slot_lines, slot_state, total, done: already, failed: 0 }
+    }
+
+    /// Updates a slot's line: its job, phase and live power.
+    fn slot(&mut self, slot: usize, job: Option<&str>, phase: Option<&str>, watts: Option<Option<f64>>) {
+        let Some(state) = self.slot_state.get_mut(slot) else { return };
+        if let Some(job) = job {
+            state.1 = job.to_owned();
+            state.2 = None;
+        }
+        if let Some(w) = watts {
+            state.2 = w;
+        }
+        let text = format!(
+            "{}: {} {}{}",
+            state.0,
+            state.1,
+            phase.unwrap_or(""),
+            state.2.map_or_else(String::new, |w| format!(" · {w:.1} W"))
+        );
+        if let Some(Some(line)) = self.slot_lines.get(slot) {
+            line.set_message(text);
+            line.tick();
+        }
     }
 
     fn line(&self, text: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(text),
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
             None => eprintln!("{text}"),
         }
     }
@@ -223,6 +265,7 @@ impl Dispatcher<'_> {
                         at: now_text(),
                     })?;
                     self.progress.started(&id, attempt, &self.slot_names[slot as usize]);
+                    self.progress.slot(slot as usize, Some(&id), Some("starting"), None);
                     let exp = &self.plan.expansion;
                     let spec = point_spec(&self.plan.sweep, exp, &exp.points[exp.jobs[job as usize].point as usize]);
                     let agent = self.agent(slot as usize)?;
@@ -317,9 +360,14 @@ impl Dispatcher<'_> {
                 }
                 FromAgent::Phase { id, phase } => {
                     tracing::debug!("{} attempt {}: {phase:?}", id.job_id, id.attempt);
+                    let name = format!("{phase:?}").to_lowercase();
+                    self.progress.slot(slot, None, Some(&name), None);
                     Ok(None)
                 }
-                FromAgent::Sample { .. } => Ok(None),
+                FromAgent::Sample { power_w, .. } => {
+                    self.progress.slot(slot, None, None, Some(power_w));
+                    Ok(None)
+                }
                 FromAgent::Log { message, .. } => {
                     tracing::info!("agent {}: {message}", self.slot_names[slot]);
                     Ok(None)
@@ -420,7 +468,7 @@ pub fn dispatch(
     }
     let jobs = scheduler_jobs(plan);
     let slots = local_slots(&jobs);
-    let slot_names = slots
+    let slot_names: Vec<String> = slots
         .iter()
         .map(|s| match s.kind {
             SlotKind::Cpu => "local/cpu".to_owned(),
@@ -447,6 +495,7 @@ pub fn dispatch(
     let _ = ctrlc::set_handler(move || {
         let _ = ctrlc_tx.send(Incoming::Interrupt);
     });
+    let slot_names_for_progress: Vec<String> = slot_names.clone();
     let mut d = Dispatcher {
         plan,
         run_dir: run_dir.to_owned(),
@@ -458,7 +507,7 @@ pub fn dispatch(
         slot_names,
         tx,
         interrupted: false,
-        progress: Progress::new(plan.expansion.jobs.len(), done.len()),
+        progress: Progress::new(plan.expansion.jobs.len(), done.len(), &slot_names_for_progress),
     };
     // Start every slot's agent now: each delivers its outbox after hello.
     for slot in 0..slots.len() {
@@ -493,6 +542,9 @@ pub fn dispatch(
     }
     if let Some(bar) = &d.progress.bar {
         bar.finish_and_clear();
+    }
+    for line in d.progress.slot_lines.iter().flatten() {
+        line.finish_and_clear();
     }
     if d.interrupted {
         return Ok(Ending::Interrupted);

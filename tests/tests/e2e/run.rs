@@ -83,6 +83,16 @@ fn a_sweep_runs_to_results_and_status() {
     for f in ["sweep.yaml", "plan.json", "report/summary.md", "report/summary.csv", "report/index.html"] {
         assert!(run.join(f).exists(), "{f}");
     }
+    // results.parquet opens unchanged in pandas, polars and DuckDB too.
+    let readers = "import sys, pandas, polars, duckdb\np = sys.argv[1]\nprint(len(pandas.read_parquet(p)), polars.read_parquet(p).height, duckdb.sql(f\"select count(*) from read_parquet('{p}')\").fetchall()[0][0], polars.read_parquet(p)['synthetic_ms_per_token'].sum())";
+    let out =
+        Command::new("python3").arg("-c").arg(readers).arg(run.join("results.parquet")).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "pandas/polars/duckdb (scripts/test installs them): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "8 8 8 12.0");
     let status = llem(dir.path(), &["status", "--json", run.to_str().expect("utf8")]).output().expect("status");
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(s["counts"]["finished"], 8);
