@@ -503,6 +503,7 @@ mod tests {
             node: NodeSnapshot::default(),
             gpus: Vec::new(),
             skipped_sensors: Vec::new(),
+            on_phase: PhaseObserver::default(),
         };
         Setup { clock, spec, engine, store: MemoryStore::default(), ctx }
     }
