@@ -86,15 +86,8 @@ pub fn resume(args: &ResumeArgs) -> Result<u8> {
     }
     repair_tail(&journal_path)?;
     let (outcomes, attempts) = replayed.outcomes();
-    let mut done = Vec::new();
-    for (job, outcome) in &outcomes {
-        match outcome {
-            Outcome::Finished { attempt } => done.push((job.clone(), *attempt)),
-            Outcome::Failed { .. } | Outcome::Skipped if args.retry_failed => {}
-            Outcome::Failed { attempt } => done.push((job.clone(), *attempt)),
-            Outcome::Skipped => done.push((job.clone(), 0)),
-        }
-    }
+    let done: Vec<(String, Outcome)> =
+        outcomes.into_iter().filter(|(_, o)| matches!(o, Outcome::Finished { .. }) || !args.retry_failed).collect();
     let journal = journal::Journal::append_to(&journal_path)?;
     eprintln!("resuming {}: {} jobs already done", args.run_dir.display(), done.len());
     let attempts: HashMap<String, u32> = attempts.into_iter().collect();

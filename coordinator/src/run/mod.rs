@@ -382,6 +382,11 @@ impl Dispatcher<'_> {
                 FromAgent::Failed { id, error, retryable } => {
                     let Some(&job) = self.index.get(&id.job_id) else { return Ok(None) };
                     let cancelled = error == "cancelled";
+                    let out_of_memory = error.contains("out of memory");
+                    // In the journal, `retryable` means "will be retried": false marks the
+                    // final failure that resume keeps (unless --retry-failed).
+                    let retry =
+                        retryable && !cancelled && !out_of_memory && id.attempt <= self.plan.sweep.execution.retries;
                     if cancelled {
                         self.record(&Record::Cancelled {
                             job: id.job_id.clone(),
@@ -390,15 +395,18 @@ impl Dispatcher<'_> {
                         })?;
                     } else {
                         tracing::warn!("{} attempt {} failed: {error}", id.job_id, id.attempt);
-                        self.record(&Record::Failed {
+                        let record = Record::Failed {
                             job: id.job_id.clone(),
                             attempt: id.attempt,
                             error: error.clone(),
-                            retryable,
+                            retryable: retry,
                             at: now_text(),
-                        })?;
+                        };
+                        self.record(&record)?;
+                        if !retry {
+                            self.progress.ended(&id.job_id, &format!("failed: {error}"), true);
+                        }
                     }
-                    let out_of_memory = error.contains("out of memory");
                     Ok(Some(Event::Failed {
                         job,
                         attempt: id.attempt,
@@ -428,6 +436,8 @@ impl Dispatcher<'_> {
         // The journal line makes it count; only then may the agent forget it.
         self.record(&Record::Finished { job: id.job_id.clone(), attempt: id.attempt, at: now_text() })?;
         self.progress.ended(&id.job_id, &format!("finished: {}", describe_energy(&result)), false);
+        let tps = result.throughput.output_tokens_per_s.map_or_else(String::new, |t| format!("last {t:.1} tok/s"));
+        self.progress.slot(slot, Some(&tps), Some(""), None);
         self.agent(slot)?.send(&ToAgent::Ack { id: id.clone() })?;
         if matches!(self.state.states[job as usize], JobState::Running { attempt, .. } if attempt == id.attempt) {
             Ok(Some(Event::Succeeded { job, attempt: id.attempt, now }))
@@ -454,13 +464,13 @@ fn describe_energy(r: &JobResult) -> String {
     }
 }
 
-/// Runs (or resumes) a plan in `run_dir`. `done` lists jobs already finished (resume):
-/// (job id, attempt); `attempts` the attempts already used per job.
+/// Runs (or resumes) a plan in `run_dir`. `done`: jobs that ended in an earlier run and
+/// are not run again (resume); `attempts`: the attempts already used per job.
 pub fn dispatch(
     plan: &Plan,
     run_dir: &Path,
     journal: Journal,
-    done: &[(String, u32)],
+    done: &[(String, journal::Outcome)],
     attempts: &HashMap<String, u32>,
 ) -> Result<Ending> {
     if plan.sweep.nodes.iter().any(|n| n.transport != Transport::Local) {
@@ -479,9 +489,13 @@ pub fn dispatch(
     let mut state = scheduler::State::new(jobs, slots.clone(), e.retries, e.gap_s, e.cycle_gap_s);
     let ids: Vec<String> = plan.expansion.jobs.iter().map(|j| plan.expansion.job_id(j)).collect();
     let index: HashMap<String, u32> = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
-    for (job, attempt) in done {
+    for (job, outcome) in done {
         if let Some(&j) = index.get(job) {
-            state.mark_done(j, *attempt);
+            match outcome {
+                journal::Outcome::Finished { attempt } => state.mark_done(j, *attempt),
+                journal::Outcome::Failed { attempt } => state.mark_failed(j, *attempt),
+                journal::Outcome::Skipped => state.mark_failed(j, 0),
+            }
         }
     }
     for (job, &a) in attempts {

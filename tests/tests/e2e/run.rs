@@ -270,3 +270,30 @@ fn ctrl_c_cancels_cleanly_exits_130_and_resumes() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 of 2 jobs finished"));
 }
+
+#[test]
+fn failed_jobs_are_retried_then_kept_failed_until_retry_failed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let flag = dir.path().join("works");
+    let sweep = format!(
+        "name: flaky\nmodel: flaky\nengine: command\ncommand: [python3, -c, \"import os,sys; sys.exit(0 if os.path.exists(sys.argv[1]) else 3)\", {:?}]\nmeasurement: {{baseline: {{duration_s: 0}}, thermal_floor: {{max_s: 0}}}}\nexecution: {{cycles: 1, retries: 1}}\n",
+        flag.display().to_string()
+    );
+    std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
+    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "a failed job makes the run fail: {}", String::from_utf8_lossy(&out.stderr));
+    let run = run_dir(dir.path()).expect("run dir");
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
+    assert_eq!(journal.matches("\"dispatched\"").count(), 2, "one retry, with a new attempt number: {journal}");
+    assert!(journal.contains("\"attempt\":2"));
+    // Resuming keeps the failure (nothing to run)…
+    std::fs::write(&flag, "").expect("flag");
+    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 of 1 jobs finished"));
+    // …until asked to retry it.
+    let out = llem(dir.path(), &["resume", "--retry-failed", run.to_str().expect("utf8")]).output().expect("resume");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
+    assert!(journal.contains("\"finished\",\"job\"") && journal.contains("\"attempt\":3"), "{journal}");
+}
