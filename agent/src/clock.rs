@@ -54,23 +54,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// RFC 3339 UTC text for Unix seconds (`2026-11-27T15:56:24.123Z`).
-pub fn rfc3339(unix: f64) -> String {
-    let secs = unix.floor() as i64;
-    let millis = ((unix - secs as f64) * 1000.0).round().min(999.0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
-}
+pub use llem_common::util::rfc3339;
 
 #[cfg(test)]
 pub mod fake {
@@ -109,17 +93,5 @@ pub mod fake {
         fn unix_now(&self) -> f64 {
             self.unix_offset + self.now()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc() {
-        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_795_200.25), "2026-11-27T16:00:00.250Z");
-        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
     }
 }

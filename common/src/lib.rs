@@ -8,4 +8,5 @@ pub mod diag;
 pub mod protocol;
 pub mod result;
 pub mod spec;
+pub mod util;
 pub mod yaml;

@@ -33,6 +33,14 @@ pub(crate) fn load_plan(path: &Path) -> Result<Plan, (Sources, Vec<Diagnostic>)>
     Plan::build(sweep).map_err(|d| (sources, d))
 }
 
+/// Loads a plan, or prints every problem and gives the bad-input exit code.
+pub(crate) fn plan_or_report(path: &Path) -> Result<Plan, u8> {
+    load_plan(path).map_err(|(sources, diagnostics)| {
+        eprint!("{}", render_all(&diagnostics, &sources));
+        exit::BAD_INPUT
+    })
+}
+
 pub(crate) fn print_warnings(plan: &Plan) {
     for w in plan.sweep.warnings.iter().chain(&plan.expansion.warnings) {
         eprint!("{}", w.render_as("warning", &plan.sweep.sources));
@@ -100,12 +108,9 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<u8> {
 }
 
 fn plan(args: &PlanArgs) -> anyhow::Result<u8> {
-    let plan = match load_plan(&args.file) {
+    let plan = match plan_or_report(&args.file) {
         Ok(plan) => plan,
-        Err((sources, diagnostics)) => {
-            eprint!("{}", render_all(&diagnostics, &sources));
-            return Ok(exit::BAD_INPUT);
-        }
+        Err(code) => return Ok(code),
     };
     print_warnings(&plan);
     let mut out = BufWriter::new(io::stdout().lock());

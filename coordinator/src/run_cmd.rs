@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::io::Write as _;
 
 use anyhow::{Context as _, Result};
-use llem_common::diag::render_all;
 
 use crate::cli::{ReportArgs, ResumeArgs, RunArgs, StatusArgs};
-use crate::commands::{load_plan, print_warnings};
+use crate::commands::{plan_or_report, print_warnings};
 use crate::exit;
 use crate::plan::Plan;
 use crate::run::journal::{self, Outcome};
@@ -39,12 +38,9 @@ fn finish(plan: &Plan, run_dir: &std::path::Path, ending: Ending) -> Result<u8> 
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let plan = match load_plan(&args.file) {
+    let plan = match plan_or_report(&args.file) {
         Ok(plan) => plan,
-        Err((sources, diagnostics)) => {
-            eprint!("{}", render_all(&diagnostics, &sources));
-            return Ok(exit::BAD_INPUT);
-        }
+        Err(code) => return Ok(code),
     };
     print_warnings(&plan);
     let (run_dir, journal) = run::create_run_dir(&plan, &args.runs_dir)?;
@@ -70,12 +66,9 @@ pub fn resume(args: &ResumeArgs) -> Result<u8> {
     let journal_path = args.run_dir.join("journal.jsonl");
     let replayed = journal::replay(&journal_path).with_context(|| format!("read {}", journal_path.display()))?;
     let sweep_file = std::path::PathBuf::from(&replayed.header.sweep_file);
-    let plan = match load_plan(&sweep_file) {
+    let plan = match plan_or_report(&sweep_file) {
         Ok(plan) => plan,
-        Err((sources, diagnostics)) => {
-            eprint!("{}", render_all(&diagnostics, &sources));
-            return Ok(exit::BAD_INPUT);
-        }
+        Err(code) => return Ok(code),
     };
     if plan.sweep.source_hash != replayed.header.source_hash && !args.allow_changed_sweep {
         eprintln!(
@@ -157,13 +150,7 @@ fn plan_of(run_dir: &std::path::Path) -> Result<Result<Plan, u8>> {
     // The run directory keeps the sweep as it was: report from that copy.
     let copy = run_dir.join("sweep.yaml");
     let file = if copy.exists() { copy } else { std::path::PathBuf::from(&replayed.header.sweep_file) };
-    Ok(match load_plan(&file) {
-        Ok(plan) => Ok(plan),
-        Err((sources, diagnostics)) => {
-            eprint!("{}", render_all(&diagnostics, &sources));
-            Err(exit::BAD_INPUT)
-        }
-    })
+    Ok(plan_or_report(&file))
 }
 
 pub fn report(args: &ReportArgs) -> Result<u8> {

@@ -36,45 +36,10 @@ use journal::{Journal, Record};
 use transport::{Incoming, LocalAgent};
 
 fn now_text() -> String {
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    rfc3339(unix)
+    llem_common::util::now_rfc3339()
 }
 
-/// RFC 3339 UTC (`2026-11-27T15:56:24.123Z`).
-pub fn rfc3339(unix: f64) -> String {
-    let secs = unix.floor() as i64;
-    let millis = ((unix - secs as f64) * 1000.0).round().min(999.0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
-}
-
-/// Writes temp → fsync → rename → fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use llem_common::util::write_atomic;
 
 /// The run directory's file of an attempt.
 pub fn attempt_dir(run_dir: &Path, job: &str, attempt: u32) -> PathBuf {
@@ -605,12 +570,4 @@ pub fn create_run_dir(plan: &Plan, root: &Path) -> Result<(PathBuf, Journal)> {
     };
     let journal = Journal::create(&run_dir.join("journal.jsonl"), &header)?;
     Ok((run_dir, journal))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_utc() {
-        assert_eq!(super::rfc3339(1_795_795_200.25), "2026-11-27T16:00:00.250Z");
-    }
 }
