@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Where run directories are created.
     #[arg(long, value_name = "DIR", default_value = "runs")]
     pub runs_dir: PathBuf,
+
+    /// Accept SSH host keys not yet in known_hosts (a changed key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +102,10 @@ pub struct ResumeArgs {
     /// Run the jobs that failed again (with new attempt numbers).
     #[arg(long)]
     pub retry_failed: bool,
+
+    /// Accept SSH host keys not yet in known_hosts (a changed key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 #[derive(Debug, Args)]

@@ -45,7 +45,8 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     print_warnings(&plan);
     let (run_dir, journal) = run::create_run_dir(&plan, &args.runs_dir)?;
     eprintln!("run directory: {}", run_dir.display());
-    let ending = run::dispatch(&plan, &run_dir, journal, &[], &HashMap::new())?;
+    let options = run::Options { accept_new_host_keys: args.accept_new_host_keys };
+    let ending = run::dispatch(&plan, &run_dir, journal, &[], &HashMap::new(), options)?;
     finish(&plan, &run_dir, ending)
 }
 
@@ -84,7 +85,8 @@ pub fn resume(args: &ResumeArgs) -> Result<u8> {
     let journal = journal::Journal::append_to(&journal_path)?;
     eprintln!("resuming {}: {} jobs already done", args.run_dir.display(), done.len());
     let attempts: HashMap<String, u32> = attempts.into_iter().collect();
-    let ending = run::dispatch(&plan, &args.run_dir, journal, &done, &attempts)?;
+    let options = run::Options { accept_new_host_keys: args.accept_new_host_keys };
+    let ending = run::dispatch(&plan, &args.run_dir, journal, &done, &attempts, options)?;
     finish(&plan, &args.run_dir, ending)
 }
 

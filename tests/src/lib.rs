@@ -60,3 +60,112 @@ pub fn assert_snapshot(path: &Path, actual: &str) {
         path.display()
     );
 }
+
+/// A real OpenSSH server for one simulated node: its own address (127.0.0.N), port, host
+/// key and agent state directory (via `SetEnv LLEM_STATE_DIR`), authorising one test
+/// client key. Killed on drop.
+#[derive(Debug)]
+pub struct Sshd {
+    pub dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Sshd {
+    /// Starts `sshd -D` for node `n` (address 127.0.0.(n+2)) under `root`, authorising
+    /// `client_key.pub` found there (see [`client_key`]).
+    ///
+    /// # Panics
+    /// When sshd is missing (scripts/test installs openssh-server) or does not start.
+    pub fn start(root: &Path, n: u8) -> Sshd {
+        let dir = root.join(format!("node{n}"));
+        std::fs::create_dir_all(dir.join("state")).expect("node dir");
+        let host = format!("127.0.0.{}", n + 2);
+        let port = std::net::TcpListener::bind((host.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let key = dir.join("host_key");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen");
+        assert!(status.success());
+        let config = format!(
+            "Port {port}\nListenAddress {host}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv LLEM_STATE_DIR={} LLEM_POWERCAP_ROOT={}\nLogLevel ERROR\n",
+            key.display(),
+            root.join("client_key.pub").display(),
+            dir.join("sshd.pid").display(),
+            dir.join("state").display(),
+            dir.join("no-powercap").display()
+        );
+        std::fs::write(dir.join("sshd_config"), config).expect("config");
+        std::fs::create_dir_all("/run/sshd").ok();
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sshd (scripts/test installs openssh-server)");
+        let child = Command::new(sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .arg("-E")
+            .arg(dir.join("sshd.log"))
+            .spawn()
+            .expect("start sshd");
+        // Ready when it accepts connections.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect((host.as_str(), port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "sshd on {host}:{port} did not start");
+            std::thread::yield_now();
+        }
+        Sshd { dir, host, port, child }
+    }
+
+    /// The `known_hosts` line for this server.
+    pub fn known_hosts_line(&self) -> String {
+        let public = std::fs::read_to_string(self.dir.join("host_key.pub")).expect("host key");
+        let mut parts = public.split_whitespace();
+        format!("[{}]:{} {} {}\n", self.host, self.port, parts.next().unwrap_or(""), parts.next().unwrap_or(""))
+    }
+
+    /// Kills the server and every process of its sessions (the node goes away).
+    pub fn kill_node(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let marker = format!("LLEM_STATE_DIR={}", self.dir.join("state").display());
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if String::from_utf8_lossy(&environ).split('\0').any(|v| v == marker) {
+                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() {
+                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill_node();
+    }
+}
+
+/// Makes the test client key `root/client_key` (and `.pub`).
+///
+/// # Panics
+/// When ssh-keygen is missing.
+pub fn client_key(root: &Path) -> PathBuf {
+    let key = root.join("client_key");
+    if !key.exists() {
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen");
+        assert!(status.success());
+    }
+    key
+}

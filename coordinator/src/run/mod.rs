@@ -25,11 +25,11 @@ use sha2::{Digest, Sha256};
 use crate::expand::point_spec;
 use crate::plan::{Dep, Plan, Task};
 use crate::scheduler::{self, Effect, Event, JobInput, JobState, Need, Slot, SlotKind};
-use crate::sweep::Transport;
 
 pub mod journal;
 pub mod report;
 pub mod results;
+pub mod ssh;
 pub mod transport;
 
 use journal::{Journal, Record};
@@ -67,6 +67,17 @@ struct Dispatcher<'p> {
     tx: mpsc::Sender<Incoming>,
     interrupted: bool,
     progress: Progress,
+    /// Per node: how to reach it over SSH (None: local).
+    targets: Vec<Option<ssh::SshTarget>>,
+    /// Per node: the deployed agent's remote path.
+    deployed: HashMap<u16, String>,
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Accept host keys not yet in known_hosts (a changed key is still refused).
+    pub accept_new_host_keys: bool,
 }
 
 /// Progress on stderr: an indicatif bar on a terminal, plain lines otherwise.
@@ -192,21 +203,35 @@ fn scheduler_jobs(plan: &Plan) -> Vec<JobInput> {
         .collect()
 }
 
-/// Device slots of the local node: the CPU, and each GPU a job names (`cuda` uses GPU 0).
-fn local_slots(jobs: &[JobInput]) -> Vec<Slot> {
-    let mut gpus: Vec<u32> = jobs
-        .iter()
-        .filter_map(|j| match j.need {
-            Need::Gpu(i) => Some(i),
-            Need::AnyGpu => Some(0),
-            Need::Cpu => None,
-        })
-        .collect();
-    gpus.sort_unstable();
-    gpus.dedup();
-    let mut slots = vec![Slot::new(0, SlotKind::Cpu)];
-    slots.extend(gpus.into_iter().map(|g| Slot::new(0, SlotKind::Gpu(g))));
-    slots
+/// Device slots of every node: its CPU, and its GPUs (`gpus: N` when given, else each GPU
+/// a job placed there names; `cuda` uses GPU 0).
+fn node_slots(plan: &Plan, jobs: &[JobInput]) -> (Vec<Slot>, Vec<String>) {
+    let mut slots = Vec::new();
+    let mut names = Vec::new();
+    for (n, node) in plan.sweep.nodes.iter().enumerate() {
+        let n = n as u16;
+        let mut gpus: Vec<u32> = match node.gpus {
+            Some(count) => (0..count).collect(),
+            None => jobs
+                .iter()
+                .filter(|j| j.nodes.contains(&n))
+                .filter_map(|j| match j.need {
+                    Need::Gpu(i) => Some(i),
+                    Need::AnyGpu => Some(0),
+                    Need::Cpu => None,
+                })
+                .collect(),
+        };
+        gpus.sort_unstable();
+        gpus.dedup();
+        slots.push(Slot::new(n, SlotKind::Cpu));
+        names.push(format!("{}/cpu", node.name));
+        for g in gpus {
+            slots.push(Slot::new(n, SlotKind::Gpu(g)));
+            names.push(format!("{}/cuda:{g}", node.name));
+        }
+    }
+    (slots, names)
 }
 
 impl Dispatcher<'_> {
@@ -258,7 +283,22 @@ impl Dispatcher<'_> {
         if self.agents[slot].is_none() {
             let log =
                 self.run_dir.join("agents").join(format!("{}.log", self.slot_names[slot].replace([':', '/'], "-")));
-            self.agents[slot] = Some(LocalAgent::spawn(slot, &log, None, self.tx.clone())?);
+            let node = self.state.slots[slot].node;
+            let agent = match self.targets[node as usize].clone() {
+                None => LocalAgent::spawn(slot, &log, None, self.tx.clone())?,
+                Some(target) => {
+                    let remote = match self.deployed.get(&node) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = target.deploy(&transport::agent_binary())?;
+                            self.deployed.insert(node, p.clone());
+                            p
+                        }
+                    };
+                    LocalAgent::spawn_with(slot, target.agent_command(&remote), &log, self.tx.clone())?
+                }
+            };
+            self.agents[slot] = Some(agent);
         }
         self.agents[slot].as_mut().context("agent")
     }
@@ -294,6 +334,30 @@ impl Dispatcher<'_> {
             }
             Incoming::Gone { slot, why } => {
                 self.agents[slot] = None;
+                let node = self.state.slots[slot].node;
+                if self.targets[node as usize].is_some() && !self.interrupted {
+                    // A remote node whose session dropped is lost for this run: its running
+                    // attempts are retried on equivalent nodes.
+                    let running: Vec<(u32, u32)> = self.state.running().collect();
+                    for (job, attempt) in running {
+                        if let JobState::Running { slot: s, .. } = self.state.states[job as usize] {
+                            if self.state.slots[s as usize].node == node {
+                                let error = format!("node {} lost: {why}", self.slot_names[slot]);
+                                let retry = attempt <= self.plan.sweep.execution.retries;
+                                let record = Record::Failed {
+                                    job: self.ids[job as usize].clone(),
+                                    attempt,
+                                    error,
+                                    retryable: retry,
+                                    at: now_text(),
+                                };
+                                self.record(&record)?;
+                            }
+                        }
+                    }
+                    self.progress.line(&format!("node {} lost: {why}", self.plan.sweep.nodes[node as usize].name));
+                    return Ok(Some(Event::NodeLost { node, now }));
+                }
                 let running: Vec<(u32, u32)> = self.state.running().collect();
                 for (job, attempt) in running {
                     if let JobState::Running { slot: s, .. } = self.state.states[job as usize] {
@@ -437,18 +501,16 @@ pub fn dispatch(
     journal: Journal,
     done: &[(String, journal::Outcome)],
     attempts: &HashMap<String, u32>,
+    options: Options,
 ) -> Result<Ending> {
-    if plan.sweep.nodes.iter().any(|n| n.transport != Transport::Local) {
-        bail!("SSH nodes are not dispatched yet (the cluster release); `llem run` runs `nodes: local` sweeps");
-    }
     let jobs = scheduler_jobs(plan);
-    let slots = local_slots(&jobs);
-    let slot_names: Vec<String> = slots
+    let (slots, slot_names) = node_slots(plan, &jobs);
+    let control_dir = std::env::temp_dir().join(format!("llem-ssh-{}", std::process::id()));
+    let targets: Vec<Option<ssh::SshTarget>> = plan
+        .sweep
+        .nodes
         .iter()
-        .map(|s| match s.kind {
-            SlotKind::Cpu => "local/cpu".to_owned(),
-            SlotKind::Gpu(g) => format!("local/cuda:{g}"),
-        })
+        .map(|n| ssh::SshTarget::for_node(n, &control_dir, options.accept_new_host_keys))
         .collect();
     let e = &plan.sweep.execution;
     let mut state = scheduler::State::new(jobs, slots.clone(), e.retries, e.gap_s, e.cycle_gap_s);
@@ -487,17 +549,29 @@ pub fn dispatch(
         tx,
         interrupted: false,
         progress: Progress::new(plan.expansion.jobs.len(), done.len(), &slot_names_for_progress),
+        targets,
+        deployed: HashMap::new(),
     };
-    // Start every slot's agent now: each delivers its outbox after hello.
+    // Start every slot's agent now: each delivers its outbox after hello. A node that
+    // cannot be reached is lost for this run (its jobs go to equivalent nodes).
+    let mut all_done = false;
     for slot in 0..slots.len() {
-        d.agent(slot)?;
+        if let Err(e) = d.agent(slot) {
+            let node = d.state.slots[slot].node;
+            if d.targets[node as usize].is_none() {
+                return Err(e);
+            }
+            d.progress.line(&format!("node {} unavailable: {e:#}", plan.sweep.nodes[node as usize].name));
+            let effects = scheduler::on_event(&mut d.state, Event::NodeLost { node, now: 0.0 });
+            all_done |= d.apply(effects)?.1;
+        }
     }
     let start = Instant::now();
     let mut event = Event::Tick { now: 0.0 };
     loop {
         let effects = scheduler::on_event(&mut d.state, event);
         let (wake, done) = d.apply(effects)?;
-        if done || (d.interrupted && d.state.running().next().is_none()) {
+        if done || all_done || (d.interrupted && d.state.running().next().is_none()) {
             break;
         }
         let now = start.elapsed().as_secs_f64();
@@ -518,6 +592,9 @@ pub fn dispatch(
     }
     for agent in d.agents.into_iter().flatten() {
         agent.shutdown();
+    }
+    for target in d.targets.iter().flatten() {
+        target.close();
     }
     if let Some(bar) = &d.progress.bar {
         bar.finish_and_clear();

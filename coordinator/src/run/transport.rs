@@ -48,13 +48,20 @@ impl LocalAgent {
     /// Starts an agent whose stderr goes to `log`, says hello, and forwards everything it
     /// sends to `tx` from a reader thread.
     pub fn spawn(slot: usize, log: &Path, state_dir: Option<&Path>, tx: Sender<Incoming>) -> Result<LocalAgent> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(agent_binary());
-        cmd.args(["serve", "--stdio"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log_file);
+        cmd.args(["serve", "--stdio"]);
         if let Some(dir) = state_dir {
             cmd.arg("--state-dir").arg(dir);
         }
-        let mut child = cmd.spawn().with_context(|| format!("start {}", agent_binary().display()))?;
+        Self::spawn_with(slot, cmd, log, tx)
+    }
+
+    /// Starts an agent session from any command whose stdin/stdout is the agent's (a
+    /// local child, or `ssh … -- llem-agent serve --stdio`).
+    pub fn spawn_with(slot: usize, mut cmd: Command, log: &Path, tx: Sender<Incoming>) -> Result<LocalAgent> {
+        let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log_file);
+        let mut child = cmd.spawn().with_context(|| format!("start {:?}", cmd.get_program()))?;
         let stdout = child.stdout.take().context("agent stdout")?;
         let stdin = child.stdin.take().context("agent stdin")?;
         std::thread::spawn(move || {

@@ -3,6 +3,7 @@
 
 mod agent;
 mod candle;
+mod cluster;
 mod models;
 mod run;
 mod sweeps;

@@ -1,0 +1,156 @@
+//! Cluster dispatch against real OpenSSH servers on 127.0.0.x, one per simulated node,
+//! each with its own host key and agent state directory.
+
+use std::path::Path;
+use std::process::Command;
+
+use llem_tests::{binary, client_key, Sshd};
+
+fn nodes_yaml(root: &Path, nodes: &[Sshd], known_hosts: &Path) -> String {
+    let key = client_key(root);
+    let mut s = String::from("nodes:\n");
+    for (i, n) in nodes.iter().enumerate() {
+        s += &format!(
+            "  - {{name: n{}, host: {}, port: {}, user: root, identity_file: {:?}, known_hosts: {:?}, labels: {{rack: r{}}}}}\n",
+            i + 1,
+            n.host,
+            n.port,
+            key.display().to_string(),
+            known_hosts.display().to_string(),
+            i % 2
+        );
+    }
+    s
+}
+
+const JOBS: &str = "name: cluster\nmodel: synthetic\nengine: synthetic\nn_prompts: 2\nmax_output_tokens: 30\nmeasurement: {baseline: {duration_s: 0}, warmup: {prompts: 0}, thermal_floor: {max_s: 0}}\nsweep: {synthetic.ms_per_token: [1, 2, 3, 4]}\nexecution: {cycles: 3}\n";
+
+fn llem(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary("llem")).args(args).current_dir(dir).env_remove("RUST_LOG").output().expect("llem")
+}
+
+fn setup(n: u8) -> (tempfile::TempDir, Vec<Sshd>) {
+    let dir = tempfile::tempdir().expect("tmp");
+    client_key(dir.path());
+    let nodes = (0..n).map(|i| Sshd::start(dir.path(), i)).collect();
+    (dir, nodes)
+}
+
+fn journal(dir: &Path) -> String {
+    let run = std::fs::read_dir(dir.join("runs")).expect("runs").flatten().next().expect("run").path();
+    std::fs::read_to_string(run.join("journal.jsonl")).expect("journal")
+}
+
+#[test]
+fn three_nodes_run_a_sweep_and_inject_nothing() {
+    let (dir, nodes) = setup(3);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, nodes.iter().map(Sshd::known_hosts_line).collect::<String>()).expect("known_hosts");
+    // A model name a shell would run: it must reach none.
+    let pwned = dir.path().join("pwned");
+    let sweep = JOBS.replace("model: synthetic", &format!("model: \"$(touch {})\"", pwned.display()));
+    std::fs::write(dir.path().join("sweep.yaml"), format!("{sweep}{}", nodes_yaml(dir.path(), &nodes, &kh)))
+        .expect("sweep");
+    let out = llem(dir.path(), &["run", "sweep.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let j = journal(dir.path());
+    assert_eq!(j.matches("\"finished\"").count(), 12);
+    let used: std::collections::BTreeSet<&str> =
+        ["n1/cpu", "n2/cpu", "n3/cpu"].into_iter().filter(|n| j.contains(n)).collect();
+    assert!(used.len() >= 2, "jobs spread over the nodes: {used:?}");
+    assert!(!pwned.exists(), "a model name reached a shell");
+}
+
+#[test]
+fn unknown_host_keys_are_refused_with_the_fingerprint() {
+    let (dir, nodes) = setup(1);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, "").expect("empty known_hosts");
+    std::fs::write(dir.path().join("sweep.yaml"), format!("{JOBS}{}", nodes_yaml(dir.path(), &nodes, &kh)))
+        .expect("sweep");
+    let out = llem(dir.path(), &["run", "sweep.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not in") && stderr.contains("SHA256:") && stderr.contains("--accept-new-host-keys"),
+        "{stderr}"
+    );
+    assert_eq!(journal(dir.path()).matches("\"finished\"").count(), 0);
+    // Accepting new keys is explicit.
+    let _ = std::fs::remove_dir_all(dir.path().join("runs"));
+    let out = llem(dir.path(), &["run", "--accept-new-host-keys", "sweep.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The key was recorded (possibly hashed): ssh-keygen finds it.
+    let found = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(format!("[{}]:{}", nodes[0].host, nodes[0].port))
+        .arg("-f")
+        .arg(&kh)
+        .output()
+        .expect("keygen");
+    assert!(found.status.success(), "the accepted key is in known_hosts");
+}
+
+#[test]
+fn a_changed_host_key_is_always_refused() {
+    let (dir, nodes) = setup(1);
+    let other = dir.path().join("other_key");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .expect("keygen")
+        .success());
+    let public = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
+    let mut p = public.split_whitespace();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(
+        &kh,
+        format!("[{}]:{} {} {}\n", nodes[0].host, nodes[0].port, p.next().unwrap_or(""), p.next().unwrap_or("")),
+    )
+    .expect("kh");
+    std::fs::write(dir.path().join("sweep.yaml"), format!("{JOBS}{}", nodes_yaml(dir.path(), &nodes, &kh)))
+        .expect("sweep");
+    let out = llem(dir.path(), &["run", "--accept-new-host-keys", "sweep.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has changed: refused"), "{stderr}");
+}
+
+#[test]
+fn a_node_lost_mid_sweep_leaves_the_rest_to_finish() {
+    let (dir, mut nodes) = setup(3);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, nodes.iter().map(Sshd::known_hosts_line).collect::<String>()).expect("known_hosts");
+    let slow = JOBS.replace("max_output_tokens: 30", "max_output_tokens: 300");
+    std::fs::write(dir.path().join("sweep.yaml"), format!("{slow}{}", nodes_yaml(dir.path(), &nodes, &kh)))
+        .expect("sweep");
+    let child = Command::new(binary("llem"))
+        .args(["run", "sweep.yaml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("llem");
+    // Once node 2 has finished a job, take it away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let j = std::fs::read_dir(dir.path().join("runs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| std::fs::read_to_string(e.path().join("journal.jsonl")).ok())
+            .unwrap_or_default();
+        if j.contains("\"node\":\"n2/cpu\"") && j.matches("\"finished\"").count() >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the sweep never got going: {j}");
+        std::thread::yield_now();
+    }
+    nodes[1].kill_node();
+    let out = child.wait_with_output().expect("llem");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("node n2 lost") || journal(dir.path()).matches("\"dispatched\"").count() >= 12, "{stderr}");
+    assert_eq!(journal(dir.path()).matches("\"finished\"").count(), 12);
+}
