@@ -65,6 +65,35 @@ pub enum Command {
     /// Write results.parquet and report/ (index.html with plots, summary.md, summary.csv)
     /// for a run directory (`llem run` does this at the end).
     Report(ReportArgs),
+
+    /// The nodes of a sweep: check what each has, or install the agent on them.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// Connect to every node: GPUs, driver, energy sources, agent version, round-trip time.
+    ///
+    /// Example: llem nodes check sweeps/cluster.yaml
+    Check(NodesArgs),
+    /// Install this llem-agent on every node (llem run does it on connect when missing).
+    Deploy(NodesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    /// The sweep file whose nodes to use.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Accept SSH host keys not yet in known_hosts (a changed key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
         Command::Resume(args) => crate::run_cmd::resume(&args),
         Command::Status(args) => crate::run_cmd::status(&args),
         Command::Report(args) => crate::run_cmd::report(&args),
+        Command::Nodes(crate::cli::NodesCommand::Check(args)) => crate::run_cmd::nodes(&args, false),
+        Command::Nodes(crate::cli::NodesCommand::Deploy(args)) => crate::run_cmd::nodes(&args, true),
     }
 }
 

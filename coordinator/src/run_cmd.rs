@@ -5,12 +5,13 @@ use std::io::Write as _;
 
 use anyhow::{Context as _, Result};
 
-use crate::cli::{ReportArgs, ResumeArgs, RunArgs, StatusArgs};
+use crate::cli::{NodesArgs, ReportArgs, ResumeArgs, RunArgs, StatusArgs};
 use crate::commands::{plan_or_report, print_warnings};
 use crate::exit;
 use crate::plan::Plan;
 use crate::run::journal::{self, Outcome};
 use crate::run::{self, report, results, Ending};
+use llem_common::diag::render_all;
 
 /// Writes results.parquet and the report; returns the summary table and index.html.
 fn write_outputs(plan: &Plan, run_dir: &std::path::Path) -> Result<(usize, String, std::path::PathBuf)> {
@@ -163,4 +164,84 @@ pub fn report(args: &ReportArgs) -> Result<u8> {
     let (finished, _, index) = write_outputs(&plan, &args.run_dir)?;
     writeln!(std::io::stdout().lock(), "{finished} finished jobs; report: {}", index.display())?;
     Ok(exit::OK)
+}
+
+/// `llem nodes check` / `llem nodes deploy`.
+pub fn nodes(args: &NodesArgs, deploy_only: bool) -> Result<u8> {
+    let sweep = match crate::sweep::load(&args.file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprint!("{}", render_all(&e.diagnostics, &e.sources));
+            return Ok(exit::BAD_INPUT);
+        }
+    };
+    let control = std::env::temp_dir().join(format!("llem-ssh-{}", std::process::id()));
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for node in &sweep.nodes {
+        let row = match run::ssh::SshTarget::for_node(node, &control, args.accept_new_host_keys) {
+            None => {
+                let probe =
+                    std::process::Command::new(run::transport::agent_binary()).args(["probe", "--json"]).output()?;
+                let report: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap_or_default();
+                serde_json::json!({"node": node.name, "ok": probe.status.success(), "rtt_ms": 0.0, "probe": report})
+            }
+            Some(target) => {
+                let outcome = (|| -> Result<serde_json::Value> {
+                    let remote = target.deploy(&run::transport::agent_binary())?;
+                    let rtt = target.round_trip()?;
+                    let probe = if deploy_only { serde_json::Value::Null } else { target.probe(&remote)? };
+                    Ok(
+                        serde_json::json!({"node": node.name, "ok": true, "agent": remote, "rtt_ms": rtt.as_secs_f64() * 1000.0, "probe": probe}),
+                    )
+                })();
+                target.close();
+                outcome
+                    .unwrap_or_else(|e| serde_json::json!({"node": node.name, "ok": false, "error": format!("{e:#}")}))
+            }
+        };
+        failed += usize::from(row["ok"] != true);
+        rows.push(row);
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:<12} {:<4} {:>8}  {:<12} {:<28} {}",
+            "node", "ok", "rtt ms", "agent", "gpus", "energy sources"
+        )?;
+        for r in &rows {
+            if r["ok"] != true {
+                writeln!(out, "{:<12} no   {}", r["node"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or(""))?;
+                continue;
+            }
+            let p = &r["probe"];
+            let gpus: Vec<String> = p["node"]["gpus"]
+                .as_array()
+                .map(|g| g.iter().filter_map(|x| x["name"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            let sources: Vec<String> = p["energy_sources"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter(|x| x["available"] == true)
+                        .filter_map(|x| x["name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{:<12} yes  {:>8.1}  {:<12} {:<28} {}",
+                r["node"].as_str().unwrap_or(""),
+                r["rtt_ms"].as_f64().unwrap_or(0.0),
+                p["node"]["agent_version"].as_str().unwrap_or(if deploy_only { "deployed" } else { "?" }),
+                if gpus.is_empty() { "none".to_owned() } else { gpus.join(", ") },
+                sources.join(", ")
+            )?;
+        }
+    }
+    Ok(if failed > 0 { exit::RUN_FAILED } else { exit::OK })
 }

@@ -154,3 +154,21 @@ fn a_node_lost_mid_sweep_leaves_the_rest_to_finish() {
     assert!(stderr.contains("node n2 lost") || journal(dir.path()).matches("\"dispatched\"").count() >= 12, "{stderr}");
     assert_eq!(journal(dir.path()).matches("\"finished\"").count(), 12);
 }
+
+#[test]
+fn nodes_check_reports_each_node() {
+    let (dir, nodes) = setup(2);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, nodes[0].known_hosts_line()).expect("only the first key is known");
+    std::fs::write(dir.path().join("sweep.yaml"), format!("{JOBS}{}", nodes_yaml(dir.path(), &nodes, &kh)))
+        .expect("sweep");
+    let out = llem(dir.path(), &["nodes", "check", "--json", "sweep.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "one node is refused");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["ok"], true, "{rows}");
+    assert!(rows[0]["rtt_ms"].as_f64().is_some());
+    assert_eq!(rows[0]["probe"]["node"]["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert!(rows[0]["probe"]["energy_sources"].as_array().is_some_and(|s| s.len() == 3));
+    assert_eq!(rows[1]["ok"], false);
+    assert!(rows[1]["error"].as_str().unwrap_or("").contains("is not in"), "{rows}");
+}
