@@ -208,11 +208,7 @@ pub fn nodes(args: &NodesArgs, deploy_only: bool) -> Result<u8> {
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
     } else {
-        writeln!(
-            out,
-            "{:<12} {:<4} {:>8}  {:<12} {:<28} {}",
-            "node", "ok", "rtt ms", "agent", "gpus", "energy sources"
-        )?;
+        writeln!(out, "{:<12} {:<4} {:>8}  {:<12} {:<28} energy sources", "node", "ok", "rtt ms", "agent", "gpus")?;
         for r in &rows {
             if r["ok"] != true {
                 writeln!(out, "{:<12} no   {}", r["node"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or(""))?;
