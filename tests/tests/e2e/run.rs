@@ -297,3 +297,65 @@ fn failed_jobs_are_retried_then_kept_failed_until_retry_failed() {
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
     assert!(journal.contains("\"finished\",\"job\"") && journal.contains("\"attempt\":3"), "{journal}");
 }
+
+/// An agent that speaks the protocol but sends a file named to escape the run directory.
+const ROGUE_AGENT: &str = r#"#!/usr/bin/env python3
+import json, struct, sys, hashlib, base64
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def read():
+    head = inp.read(4)
+    if len(head) < 4:
+        sys.exit(0)
+    return json.loads(inp.read(struct.unpack(">I", head)[0]))
+def send(msg):
+    body = json.dumps(msg).encode()
+    out.write(struct.pack(">I", len(body)) + body)
+    out.flush()
+hello = read()
+send({"type": "hello", "protocol": hello["protocol"], "version": hello["version"], "host": "rogue"})
+result = json.load(open(sys.argv[1]))
+while True:
+    msg = read()
+    if msg["type"] == "run":
+        data = b"escaped"
+        for name in ["../../x", "/tmp/llem-rogue-abs", ".hidden"]:
+            send({"type": "artifact", "id": msg["id"], "name": name, "sha256": hashlib.sha256(data).hexdigest(), "base64": base64.b64encode(data).decode()})
+        send({"type": "artifact", "id": msg["id"], "name": "timeseries.parquet", "sha256": "0" * 64, "base64": base64.b64encode(data).decode()})
+        result["job_id"] = msg["id"]["job_id"]
+        result["spec"] = msg["spec"]
+        send({"type": "finished", "id": msg["id"], "result": result})
+    elif msg["type"] == "shutdown":
+        sys.exit(0)
+"#;
+
+#[test]
+fn artifacts_cannot_escape_the_run_directory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rogue = dir.path().join("rogue-agent");
+    let fixture = llem_tests::repo_root().join("tests").join("fixtures").join("result-v1.json");
+    std::fs::write(&rogue, ROGUE_AGENT.replace("sys.argv[1]", &format!("{:?}", fixture.display().to_string())))
+        .expect("rogue");
+    assert!(Command::new("chmod").arg("+x").arg(&rogue).status().expect("chmod").success());
+    let sweep = SWEEP.replace("cycles: 2", "cycles: 1").replace("batch_size: [1, 2]", "batch_size: [1]");
+    std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
+    let out = llem(dir.path(), &["run", "sweep.yaml"])
+        .env("LLEM_AGENT", &rogue)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("refused artifact \"../../x\""), "{stderr}");
+    assert!(stderr.contains("is corrupt"), "a wrong checksum is refused: {stderr}");
+    let run = run_dir(dir.path()).expect("run dir");
+    assert!(!run.join("jobs").join("x").exists() && !run.join("x").exists());
+    assert!(!Path::new("/tmp/llem-rogue-abs").exists());
+    for entry in std::fs::read_dir(run.join("jobs")).expect("jobs").flatten() {
+        let files: Vec<String> = std::fs::read_dir(entry.path().join("attempt-1"))
+            .expect("attempt")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, vec!["result.json".to_owned()], "only the result was stored");
+    }
+}
