@@ -71,6 +71,8 @@ struct Dispatcher<'p> {
     targets: Vec<Option<ssh::SshTarget>>,
     /// Per node: the deployed agent's remote path.
     deployed: HashMap<u16, String>,
+    /// Agents started so far (each gets the next number).
+    generations: u64,
 }
 
 /// Options of a run.
@@ -258,8 +260,25 @@ impl Dispatcher<'_> {
                     self.progress.slot(slot as usize, Some(&id), Some("starting"), None);
                     let exp = &self.plan.expansion;
                     let spec = point_spec(&self.plan.sweep, exp, &exp.points[exp.jobs[job as usize].point as usize]);
-                    let agent = self.agent(slot as usize)?;
-                    agent.send(&ToAgent::Run { id: AttemptId { job_id: id, attempt }, spec: Box::new(spec) })?;
+                    let run = ToAgent::Run { id: AttemptId { job_id: id, attempt }, spec: Box::new(spec) };
+                    // An agent that cannot take the job (its node just went away) is
+                    // handled as gone: the attempt is retried where the scheduler can.
+                    match self.agent(slot as usize) {
+                        // A broken pipe: the agent's reader thread reports it gone.
+                        Ok(agent) => {
+                            if let Err(e) = agent.send(&run) {
+                                tracing::warn!("failed to send a job to {}: {e:#}", self.slot_names[slot as usize]);
+                            }
+                        }
+                        // No agent could be started: report it gone ourselves.
+                        Err(e) => {
+                            let _ = self.tx.send(Incoming::Gone {
+                                slot: slot as usize,
+                                generation: 0,
+                                why: format!("{e:#}"),
+                            });
+                        }
+                    }
                 }
                 Effect::CancelAttempt { job, attempt } => {
                     let id = AttemptId { job_id: self.ids[job as usize].clone(), attempt };
@@ -279,13 +298,26 @@ impl Dispatcher<'_> {
         Ok((wake, done))
     }
 
+    /// Acknowledges a stored attempt. If the agent is gone the ack is lost, which is
+    /// harmless: its outbox delivers the attempt again, and a stored one is not counted
+    /// twice.
+    fn ack(&mut self, slot: usize, id: AttemptId) {
+        if let Some(agent) = self.agents[slot].as_mut() {
+            if let Err(e) = agent.send(&ToAgent::Ack { id }) {
+                tracing::warn!("failed to acknowledge on {}: {e:#}", self.slot_names[slot]);
+            }
+        }
+    }
+
     fn agent(&mut self, slot: usize) -> Result<&mut LocalAgent> {
         if self.agents[slot].is_none() {
             let log =
                 self.run_dir.join("agents").join(format!("{}.log", self.slot_names[slot].replace([':', '/'], "-")));
             let node = self.state.slots[slot].node;
+            self.generations += 1;
+            let generation = self.generations;
             let agent = match self.targets[node as usize].clone() {
-                None => LocalAgent::spawn(slot, &log, None, self.tx.clone())?,
+                None => LocalAgent::spawn(slot, generation, &log, None, self.tx.clone())?,
                 Some(target) => {
                     let remote = match self.deployed.get(&node) {
                         Some(p) => p.clone(),
@@ -295,7 +327,7 @@ impl Dispatcher<'_> {
                             p
                         }
                     };
-                    LocalAgent::spawn_with(slot, target.agent_command(&remote), &log, self.tx.clone())?
+                    LocalAgent::spawn_with(slot, generation, target.agent_command(&remote), &log, self.tx.clone())?
                 }
             };
             self.agents[slot] = Some(agent);
@@ -332,7 +364,11 @@ impl Dispatcher<'_> {
                 self.record(&Record::Interrupted { at: now_text() })?;
                 Ok(Some(Event::Cancel))
             }
-            Incoming::Gone { slot, why } => {
+            Incoming::Gone { slot, generation, why } => {
+                // A report about an agent that was already replaced changes nothing.
+                if self.agents[slot].as_ref().is_some_and(|a| a.generation != generation) {
+                    return Ok(None);
+                }
                 self.agents[slot] = None;
                 let node = self.state.slots[slot].node;
                 if self.targets[node as usize].is_some() && !self.interrupted {
@@ -451,12 +487,12 @@ impl Dispatcher<'_> {
     fn finished(&mut self, slot: usize, id: AttemptId, result: JobResult, now: f64) -> Result<Option<Event>> {
         let Some(&job) = self.index.get(&id.job_id) else {
             // Not part of this plan (an old outbox entry): acknowledge so it is dropped.
-            self.agent(slot)?.send(&ToAgent::Ack { id })?;
+            self.ack(slot, id);
             return Ok(None);
         };
         if matches!(self.state.states[job as usize], JobState::Succeeded { .. }) {
             // Already stored (a resent outbox entry): never counted twice.
-            self.agent(slot)?.send(&ToAgent::Ack { id })?;
+            self.ack(slot, id);
             return Ok(None);
         }
         let dir = attempt_dir(&self.run_dir, &id.job_id, id.attempt);
@@ -467,7 +503,7 @@ impl Dispatcher<'_> {
         self.progress.ended(&id.job_id, &format!("finished: {}", describe_energy(&result)), false);
         let tps = result.throughput.output_tokens_per_s.map_or_else(String::new, |t| format!("last {t:.1} tok/s"));
         self.progress.slot(slot, Some(&tps), Some(""), None);
-        self.agent(slot)?.send(&ToAgent::Ack { id: id.clone() })?;
+        self.ack(slot, id.clone());
         if matches!(self.state.states[job as usize], JobState::Running { attempt, .. } if attempt == id.attempt) {
             Ok(Some(Event::Succeeded { job, attempt: id.attempt, now }))
         } else {
@@ -551,6 +587,7 @@ pub fn dispatch(
         progress: Progress::new(plan.expansion.jobs.len(), done.len(), &slot_names_for_progress),
         targets,
         deployed: HashMap::new(),
+        generations: 0,
     };
     // Start every slot's agent now: each delivers its outbox after hello. A node that
     // cannot be reached is lost for this run (its jobs go to equivalent nodes).

@@ -17,9 +17,11 @@ pub enum Incoming {
         slot: usize,
         message: FromAgent,
     },
-    /// The agent's stream ended (it exited or crashed).
+    /// The agent's stream ended (it exited or crashed). `generation` tells a report about
+    /// an earlier agent of the slot from one about the current agent.
     Gone {
         slot: usize,
+        generation: u64,
         why: String,
     },
     /// Ctrl-C.
@@ -42,23 +44,36 @@ pub fn agent_binary() -> PathBuf {
 pub struct LocalAgent {
     child: Child,
     input: BufWriter<ChildStdin>,
+    pub generation: u64,
 }
 
 impl LocalAgent {
     /// Starts an agent whose stderr goes to `log`, says hello, and forwards everything it
     /// sends to `tx` from a reader thread.
-    pub fn spawn(slot: usize, log: &Path, state_dir: Option<&Path>, tx: Sender<Incoming>) -> Result<LocalAgent> {
+    pub fn spawn(
+        slot: usize,
+        generation: u64,
+        log: &Path,
+        state_dir: Option<&Path>,
+        tx: Sender<Incoming>,
+    ) -> Result<LocalAgent> {
         let mut cmd = Command::new(agent_binary());
         cmd.args(["serve", "--stdio"]);
         if let Some(dir) = state_dir {
             cmd.arg("--state-dir").arg(dir);
         }
-        Self::spawn_with(slot, cmd, log, tx)
+        Self::spawn_with(slot, generation, cmd, log, tx)
     }
 
     /// Starts an agent session from any command whose stdin/stdout is the agent's (a
     /// local child, or `ssh … -- llem-agent serve --stdio`).
-    pub fn spawn_with(slot: usize, mut cmd: Command, log: &Path, tx: Sender<Incoming>) -> Result<LocalAgent> {
+    pub fn spawn_with(
+        slot: usize,
+        generation: u64,
+        mut cmd: Command,
+        log: &Path,
+        tx: Sender<Incoming>,
+    ) -> Result<LocalAgent> {
         let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log_file);
         let mut child = cmd.spawn().with_context(|| format!("start {:?}", cmd.get_program()))?;
@@ -74,17 +89,17 @@ impl LocalAgent {
                         }
                     }
                     Ok(None) => {
-                        let _ = tx.send(Incoming::Gone { slot, why: "the agent exited".to_owned() });
+                        let _ = tx.send(Incoming::Gone { slot, generation, why: "the agent exited".to_owned() });
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Incoming::Gone { slot, why: e.to_string() });
+                        let _ = tx.send(Incoming::Gone { slot, generation, why: e.to_string() });
                         return;
                     }
                 }
             }
         });
-        let mut agent = LocalAgent { child, input: BufWriter::new(stdin) };
+        let mut agent = LocalAgent { child, input: BufWriter::new(stdin), generation };
         agent.send(&ToAgent::Hello(Hello::new("coordinator")))?;
         Ok(agent)
     }
