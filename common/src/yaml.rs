@@ -248,11 +248,6 @@ fn value_len(value: &Value, fallback: usize) -> usize {
     }
 }
 
-/// Splits `a.b.c` into its parts.
-pub fn dotted(path: &str) -> impl Iterator<Item = &str> {
-    path.split('.')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

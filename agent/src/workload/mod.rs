@@ -62,8 +62,6 @@ pub enum EngineError {
     Cancelled,
     #[error("{0}")]
     Failed(String),
-    #[error("`engine: {0}` is not available in this build of llem-agent")]
-    Unavailable(&'static str),
 }
 
 /// An engine as the measurement sequence drives it.

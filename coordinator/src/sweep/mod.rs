@@ -134,12 +134,6 @@ pub struct SweepError {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-impl SweepError {
-    pub fn count(&self) -> usize {
-        self.diagnostics.len()
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

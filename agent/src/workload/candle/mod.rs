@@ -437,17 +437,6 @@ impl Engine for CandleEngine<'_> {
     }
 }
 
-/// Greedy continuation of one prompt (for tests and the engine benchmark).
-pub fn greedy_tokens(engine: &mut CandleEngine<'_>, prompt: usize, n: usize) -> Result<Vec<u32>, EngineError> {
-    let saved = (engine.spec.max_output_tokens, engine.spec.decoding.temperature, engine.spec.decoding.ignore_eos);
-    engine.spec.max_output_tokens = n as u32;
-    engine.spec.decoding.temperature = 0.0;
-    engine.spec.decoding.ignore_eos = true;
-    let out = engine.generate(&[prompt]);
-    (engine.spec.max_output_tokens, engine.spec.decoding.temperature, engine.spec.decoding.ignore_eos) = saved;
-    Ok(out?.remove(0).tokens)
-}
-
 /// Timing for the engine benchmark: prefill of `ids` plus greedy sampling of the first
 /// token, then `n` greedy decode steps. Returns (prefill s, decode s, tokens).
 pub fn timed_greedy(engine: &mut CandleEngine<'_>, ids: &[u32], n: usize) -> Result<(f64, f64, Vec<u32>), EngineError> {
