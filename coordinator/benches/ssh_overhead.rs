@@ -11,10 +11,7 @@ use std::time::Instant;
 
 use llem_tests::{client_key, Sshd};
 
-fn seconds_of_day(s: &str) -> f64 {
-    let t = &s[11..23];
-    t[0..2].parse::<f64>().unwrap() * 3600.0 + t[3..5].parse::<f64>().unwrap() * 60.0 + t[6..].parse::<f64>().unwrap()
-}
+mod common;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -63,43 +60,19 @@ fn main() {
         .collect();
 
     // Ours: 100 no-op jobs on that node.
-    let seeds: Vec<String> = (0..100).map(|i| i.to_string()).collect();
-    std::fs::write(
-        dir.path().join("noop.yaml"),
-        format!(
-            "name: noop\nmodel: noop\nengine: synthetic\nn_prompts: 1\nmax_output_tokens: 1\nsynthetic: {{ms_per_token: 0}}\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\nsweep: {{decoding.seed: [{}]}}\nexecution: {{cycles: 1}}\nnodes:\n  - {{name: n1, host: {}, port: {}, user: root, identity_file: {:?}, known_hosts: {:?}}}\n",
-            seeds.join(", "),
-            node.host,
-            node.port,
-            key.display().to_string(),
-            kh.display().to_string()
-        ),
-    )
-    .unwrap();
+    let nodes = format!(
+        "nodes:\n  - {{name: n1, host: {}, port: {}, user: root, identity_file: {:?}, known_hosts: {:?}}}\n",
+        node.host,
+        node.port,
+        key.display().to_string(),
+        kh.display().to_string()
+    );
+    std::fs::write(dir.path().join("noop.yaml"), common::noop_sweep(100, &nodes)).unwrap();
     let out =
         Command::new(env!("CARGO_BIN_EXE_llem")).args(["run", "noop.yaml"]).current_dir(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = std::fs::read_dir(dir.path().join("runs")).unwrap().flatten().next().unwrap().path();
-    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
-    let mut dispatched = std::collections::HashMap::new();
-    let mut ours = Vec::new();
-    for line in journal.lines().skip(1) {
-        let r: serde_json::Value = serde_json::from_str(line).unwrap();
-        let job = r["job"].as_str().unwrap_or_default().to_owned();
-        let at = seconds_of_day(r["at"].as_str().unwrap());
-        match r["event"].as_str() {
-            Some("dispatched") => {
-                dispatched.insert(job, at);
-            }
-            Some("finished") => {
-                let text =
-                    std::fs::read_to_string(run.join("jobs").join(&job).join("attempt-1").join("result.json")).unwrap();
-                let window = serde_json::from_str::<serde_json::Value>(&text).unwrap()["duration_s"].as_f64().unwrap();
-                ours.push((at - dispatched[&job] - window) * 1000.0);
-            }
-            _ => {}
-        }
-    }
+    let mut ours = common::job_overheads_ms(&run);
     let (o, t) = (median(&mut ours), median(&mut fresh));
     println!(
         "ssh_overhead: {} no-op jobs over one warm connection: median {o:.2} ms per job; fresh `ssh host true`: median {t:.2} ms; ratio {:.3}",

@@ -87,12 +87,7 @@ impl Sshd {
             .map(|a| a.port())
             .expect("free port");
         let key = dir.join("host_key");
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .expect("ssh-keygen");
-        assert!(status.success());
+        keygen(&key);
         let config = format!(
             "Port {port}\nListenAddress {host}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv LLEM_STATE_DIR={} LLEM_POWERCAP_ROOT={}\nLogLevel ERROR\n",
             key.display(),
@@ -160,12 +155,20 @@ impl Drop for Sshd {
 pub fn client_key(root: &Path) -> PathBuf {
     let key = root.join("client_key");
     if !key.exists() {
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .expect("ssh-keygen");
-        assert!(status.success());
+        keygen(&key);
     }
     key
+}
+
+/// Writes a new ed25519 key pair at `path` and `path.pub`.
+///
+/// # Panics
+/// When ssh-keygen is missing or fails.
+pub fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success(), "ssh-keygen failed for {}", path.display());
 }

@@ -95,12 +95,7 @@ fn unknown_host_keys_are_refused_with_the_fingerprint() {
 fn a_changed_host_key_is_always_refused() {
     let (dir, nodes) = setup(1);
     let other = dir.path().join("other_key");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other)
-        .status()
-        .expect("keygen")
-        .success());
+    llem_tests::keygen(&other);
     let public = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
     let mut p = public.split_whitespace();
     let kh = dir.path().join("known_hosts");
@@ -151,7 +146,7 @@ fn a_node_lost_mid_sweep_leaves_the_rest_to_finish() {
     let out = child.wait_with_output().expect("llem");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("node n2 lost") || journal(dir.path()).matches("\"dispatched\"").count() >= 12, "{stderr}");
+    assert!(stderr.contains("node n2 lost"), "the loss is reported: {stderr}");
     assert_eq!(journal(dir.path()).matches("\"finished\"").count(), 12);
 }
 
