@@ -59,9 +59,10 @@ fn deliver(out: &Out, dir: &Path, id: &AttemptId, result: JobResult) {
     send(out, &FromAgent::Finished { id: id.clone(), result: Box::new(result) });
 }
 
-/// Re-sends every finished attempt the coordinator has not acknowledged.
-fn resend_outbox(out: &Out, state: &Path) {
-    let Ok(jobs) = std::fs::read_dir(state.join("outbox")) else { return };
+/// Re-sends every finished attempt the coordinator has not acknowledged; returns how many.
+fn resend_outbox(out: &Out, state: &Path) -> u32 {
+    let mut count = 0;
+    let Ok(jobs) = std::fs::read_dir(state.join("outbox")) else { return count };
     for job in jobs.flatten() {
         let Ok(attempts) = std::fs::read_dir(job.path()) else { continue };
         for attempt in attempts.flatten() {
@@ -72,8 +73,10 @@ fn resend_outbox(out: &Out, state: &Path) {
             let id = AttemptId { job_id: job.file_name().to_string_lossy().into_owned(), attempt: n };
             tracing::info!("re-sending {}/attempt-{} from the outbox", id.job_id, id.attempt);
             deliver(out, &dir, &id, result);
+            count += 1;
         }
     }
+    count
 }
 
 struct Running {
@@ -96,7 +99,8 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
         Some(other) => bail!("the coordinator spoke before saying hello: {other:?}"),
         None => return Ok(()),
     }
-    resend_outbox(&out, state);
+    let count = resend_outbox(&out, state);
+    send(&out, &FromAgent::OutboxResent { count });
     let mut running: Option<Running> = None;
     loop {
         if running.as_ref().is_some_and(|r| r.thread.is_finished()) {

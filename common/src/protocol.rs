@@ -16,7 +16,7 @@ use crate::result::JobResult;
 use crate::spec::ExperimentSpec;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts (artifacts are the big ones).
 pub const MAX_FRAME: u32 = 64 * 1024 * 1024;
@@ -130,6 +130,12 @@ pub enum FromAgent {
         id: AttemptId,
         error: String,
         retryable: bool,
+    },
+    /// Sent once after `Hello`, when every unacknowledged attempt of the outbox was sent
+    /// again (`count` of them): until then the coordinator starts nothing new, so a job
+    /// whose result is on its way is never run twice. (Protocol 2.)
+    OutboxResent {
+        count: u32,
     },
 }
 

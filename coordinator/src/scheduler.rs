@@ -13,7 +13,10 @@
 //! * `gap_s` idle seconds between attempts on a slot, `cycle_gap_s` when the cycle changes;
 //! * a retryable failure is retried up to `retries` times, each time with a new attempt
 //!   number (results of two attempts never mix);
-//! * after `Cancel`, nothing new starts and every running attempt is cancelled.
+//! * after `Cancel`, nothing new starts and every running attempt is cancelled;
+//! * a slot whose connection dropped (`SlotDown`) loses its running attempt (retried) and
+//!   takes nothing new until its node is back (`NodeUp`); its jobs still wait for it. A
+//!   node that stays unreachable is `NodeLost`: its jobs go to equivalent nodes or fail.
 
 /// What a job needs from a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,13 +38,15 @@ pub struct Slot {
     pub node: u16,
     pub kind: SlotKind,
     busy: Option<u32>,
+    /// The connection dropped; the dispatcher is reconnecting.
+    down: bool,
     ready_at: f64,
     last_cycle: Option<u32>,
 }
 
 impl Slot {
     pub fn new(node: u16, kind: SlotKind) -> Self {
-        Slot { node, kind, busy: None, ready_at: 0.0, last_cycle: None }
+        Slot { node, kind, busy: None, down: false, ready_at: 0.0, last_cycle: None }
     }
 
     fn fits(&self, need: Need) -> bool {
@@ -105,7 +110,19 @@ pub enum Event {
         out_of_memory: bool,
         now: f64,
     },
-    /// The node's connection is gone: its running attempts are lost (retried elsewhere).
+    /// A slot's agent session dropped: its running attempt is lost (retried), and the slot
+    /// takes nothing until `NodeUp`.
+    SlotDown {
+        slot: u32,
+        now: f64,
+    },
+    /// The node answers again: its down slots take work.
+    NodeUp {
+        node: u16,
+        now: f64,
+    },
+    /// The node stays unreachable: its running attempts are lost (retried elsewhere), and
+    /// it takes nothing for the rest of the run.
     NodeLost {
         node: u16,
         now: f64,
@@ -148,6 +165,8 @@ pub struct State {
     gap_s: f64,
     cycle_gap_s: f64,
     cancelled: bool,
+    /// Start nothing (results may still be on their way from outboxes).
+    held: bool,
     announced_done: bool,
 }
 
@@ -165,6 +184,7 @@ impl State {
             gap_s,
             cycle_gap_s,
             cancelled: false,
+            held: false,
             announced_done: false,
         }
     }
@@ -183,6 +203,17 @@ impl State {
     pub fn mark_failed(&mut self, job: u32, attempt: u32) {
         self.states[job as usize] = JobState::Failed { attempt, out_of_memory: false };
         self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
+    }
+
+    /// While held, nothing starts: the dispatcher holds the scheduler until every agent
+    /// has re-sent its outbox, so a job whose result is arriving does not run again.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// Whether the node was lost for the rest of the run.
+    pub fn is_lost(&self, node: u16) -> bool {
+        self.lost_nodes.contains(&node)
     }
 
     pub fn running(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
@@ -228,7 +259,7 @@ impl State {
                 break;
             }
         }
-        if self.cancelled {
+        if self.cancelled || self.held {
             return;
         }
         let mut earliest_wake: Option<f64> = None;
@@ -244,6 +275,7 @@ impl State {
             let mut chosen = None;
             for (i, slot) in self.slots.iter().enumerate() {
                 if slot.busy.is_some()
+                    || slot.down
                     || !slot.fits(job.need)
                     || !job.nodes.contains(&slot.node)
                     || self.lost_nodes.contains(&slot.node)
@@ -297,6 +329,22 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
         Event::Failed { job, attempt, retryable, out_of_memory, now } => {
             if state.free_slot(job as usize, attempt, now) {
                 state.retry_or_fail(job as usize, attempt, retryable, out_of_memory);
+            }
+            now
+        }
+        Event::SlotDown { slot, now } => {
+            state.slots[slot as usize].down = true;
+            if let Some(j) = state.slots[slot as usize].busy {
+                if let JobState::Running { attempt, .. } = state.states[j as usize] {
+                    state.free_slot(j as usize, attempt, now);
+                    state.retry_or_fail(j as usize, attempt, true, false);
+                }
+            }
+            now
+        }
+        Event::NodeUp { node, now } => {
+            for slot in state.slots.iter_mut().filter(|s| s.node == node) {
+                slot.down = false;
             }
             now
         }
@@ -472,9 +520,39 @@ mod tests {
         assert_eq!(s.slots[1].busy, Some(0));
     }
 
+    #[test]
+    fn nothing_starts_while_held() {
+        let mut s = State::new(vec![cpu_job(1, vec![])], vec![Slot::new(0, SlotKind::Cpu)], 0, 0.0, 0.0);
+        s.hold(true);
+        assert!(dispatched(&on_event(&mut s, Event::Tick { now: 0.0 })).is_empty());
+        s.hold(false);
+        assert_eq!(dispatched(&on_event(&mut s, Event::Tick { now: 1.0 })), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn a_dropped_slot_waits_for_its_node_then_retries() {
+        let jobs = vec![cpu_job(1, vec![]), cpu_job(1, vec![])];
+        let mut s = State::new(jobs, vec![Slot::new(0, SlotKind::Cpu)], 1, 0.0, 0.0);
+        assert_eq!(dispatched(&on_event(&mut s, Event::Tick { now: 0.0 })), vec![(0, 1)]);
+        // The session drops: nothing runs, and nothing fails while the node may come back.
+        let e = on_event(&mut s, Event::SlotDown { slot: 0, now: 1.0 });
+        assert!(dispatched(&e).is_empty() && !e.contains(&Effect::AllDone));
+        assert!(s.states.iter().all(|st| *st == JobState::Pending));
+        assert!(dispatched(&on_event(&mut s, Event::Tick { now: 2.0 })).is_empty());
+        // Back: the lost attempt runs again with a new number.
+        assert_eq!(dispatched(&on_event(&mut s, Event::NodeUp { node: 0, now: 3.0 })), vec![(0, 2)]);
+        // Down again, then lost for good: the jobs cannot run anywhere and fail.
+        on_event(&mut s, Event::SlotDown { slot: 0, now: 4.0 });
+        let e = on_event(&mut s, Event::NodeLost { node: 0, now: 5.0 });
+        assert!(e.contains(&Effect::AllDone));
+        assert_eq!(s.states[0], JobState::Failed { attempt: 2, out_of_memory: false });
+    }
+
     /// A random workload: jobs with random prerequisites (only on earlier jobs, so the
     /// graph is acyclic), random needs, random outcomes.
-    type Workload = (Vec<JobInput>, Vec<(u16, SlotKind)>, u32, Vec<(bool, bool, bool)>);
+    /// Outcomes: (succeeded, retryable, out of memory, connection event: 13 drops the
+    /// slot, 14 loses the node, 15 brings a down node back).
+    type Workload = (Vec<JobInput>, Vec<(u16, SlotKind)>, u32, Vec<(bool, bool, bool, u8)>);
 
     fn workload() -> impl Strategy<Value = Workload> {
         let slots = proptest::collection::vec(
@@ -490,7 +568,7 @@ mod tests {
             ),
             1..25,
         );
-        let outcomes = proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 200);
+        let outcomes = proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>(), 0u8..16), 200);
         (jobs, slots, 0u32..3, outcomes).prop_map(|(jobs, slots, retries, outcomes)| {
             let jobs = jobs
                 .into_iter()
@@ -541,14 +619,37 @@ mod tests {
                     }
                 }
                 prop_assert!(on_slot.iter().all(|&c| c <= 1));
+                // a down or lost slot runs nothing new
+                for e in &effects {
+                    if let Effect::Dispatch { slot, .. } = *e {
+                        let sl = &s.slots[slot as usize];
+                        prop_assert!(!sl.down && !s.lost_nodes.contains(&sl.node));
+                    }
+                }
                 let running: Vec<(u32, u32)> = s.running().collect();
+                let (ok, retryable, oom, connection) = outcome.next().unwrap_or((true, false, false, 0));
+                now += 1.0;
+                let down_node = s.slots.iter().find(|sl| sl.down && !s.lost_nodes.contains(&sl.node)).map(|sl| sl.node);
                 if running.is_empty() {
-                    break;
+                    // Only reconnects can move anything now.
+                    let Some(node) = down_node else { break };
+                    effects = if connection % 2 == 0 {
+                        on_event(&mut s, Event::NodeUp { node, now })
+                    } else {
+                        on_event(&mut s, Event::NodeLost { node, now })
+                    };
+                    continue;
                 }
                 let (job, attempt) = running[0];
-                now += 1.0;
-                let (ok, retryable, oom) = outcome.next().unwrap_or((true, false, false));
-                effects = if ok {
+                let JobState::Running { slot, .. } = s.states[job as usize] else { unreachable!() };
+                effects = if connection == 13 {
+                    on_event(&mut s, Event::SlotDown { slot, now })
+                } else if connection == 14 {
+                    let node = s.slots[slot as usize].node;
+                    on_event(&mut s, Event::NodeLost { node, now })
+                } else if let (15, Some(node)) = (connection, down_node) {
+                    on_event(&mut s, Event::NodeUp { node, now })
+                } else if ok {
                     on_event(&mut s, Event::Succeeded { job, attempt, now })
                 } else {
                     on_event(&mut s, Event::Failed { job, attempt, retryable, out_of_memory: oom && !retryable, now })

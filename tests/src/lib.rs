@@ -79,13 +79,25 @@ impl Sshd {
     /// # Panics
     /// When sshd is missing (scripts/test installs openssh-server) or does not start.
     pub fn start(root: &Path, n: u8) -> Sshd {
-        let dir = root.join(format!("node{n}"));
-        std::fs::create_dir_all(dir.join("state")).expect("node dir");
         let host = format!("127.0.0.{}", n + 2);
         let port = std::net::TcpListener::bind((host.as_str(), 0))
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
+        Self::start_at(root, n, host, port, None)
+    }
+
+    /// Starts node `n`'s sshd inside `netns`, behind a link the test can cut.
+    ///
+    /// # Panics
+    /// As [`Sshd::start`].
+    pub fn start_in(root: &Path, n: u8, netns: &Netns) -> Sshd {
+        Self::start_at(root, n, netns.node_ip.clone(), 2222, Some(&netns.name))
+    }
+
+    fn start_at(root: &Path, n: u8, host: String, port: u16, netns: Option<&str>) -> Sshd {
+        let dir = root.join(format!("node{n}"));
+        std::fs::create_dir_all(dir.join("state")).expect("node dir");
         let key = dir.join("host_key");
         keygen(&key);
         let config = format!(
@@ -102,7 +114,15 @@ impl Sshd {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("sshd (scripts/test installs openssh-server)");
-        let child = Command::new(sshd)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, sshd]);
+                c
+            }
+            None => Command::new(sshd),
+        };
+        let child = command
             .arg("-D")
             .arg("-f")
             .arg(dir.join("sshd_config"))
@@ -130,21 +150,96 @@ impl Sshd {
     pub fn kill_node(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.kill_sessions();
+    }
+
+    /// Kills what runs in this node's sessions (agents and their children); the server
+    /// stays up, so a new connection works.
+    pub fn kill_sessions(&self) {
+        for pid in self.session_processes() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+
+    /// The processes running in this node's sessions: those whose environment carries
+    /// the node's `LLEM_STATE_DIR` (set by its sshd).
+    pub fn session_processes(&self) -> Vec<u32> {
         let marker = format!("LLEM_STATE_DIR={}", self.dir.join("state").display());
+        let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
             if String::from_utf8_lossy(&environ).split('\0').any(|v| v == marker) {
                 if let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                    pids.push(pid);
                 }
             }
         }
+        pids
     }
 }
 
 impl Drop for Sshd {
     fn drop(&mut self) {
         self.kill_node();
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: a node behind a link that a
+/// test can take down and bring up again (a network partition). Removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+    /// The link's end in this namespace.
+    veth: String,
+    /// The node's address, inside the namespace.
+    pub node_ip: String,
+}
+
+impl Netns {
+    /// Creates namespace number `tag` of this test process.
+    ///
+    /// # Errors
+    /// Why namespaces are not permitted here (not root, no `ip`, no CAP_NET_ADMIN).
+    pub fn create(tag: u8) -> Result<Netns, String> {
+        let pid = std::process::id();
+        let name = format!("llem-{pid}-{tag}");
+        let veth = format!("lv{}t{tag}", pid % 10_000_000);
+        let peer = format!("{veth}p");
+        let subnet = format!("10.231.{}", (pid as usize * 7 + usize::from(tag)) % 250);
+        let ns = Netns { name: name.clone(), veth: veth.clone(), node_ip: format!("{subnet}.2") };
+        let steps: [&[&str]; 7] = [
+            &["netns", "add", &name],
+            &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+            &["link", "set", &peer, "netns", &name],
+            &["addr", "add", &format!("{subnet}.1/30"), "dev", &veth],
+            &["link", "set", &veth, "up"],
+            &["-n", &name, "addr", "add", &format!("{subnet}.2/30"), "dev", &peer],
+            &["-n", &name, "link", "set", &peer, "up"],
+        ];
+        for args in steps {
+            let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip`: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        Ok(ns)
+    }
+
+    /// Takes the link down (packets are dropped, nothing is reset) or brings it up.
+    ///
+    /// # Panics
+    /// When `ip` fails.
+    pub fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let status = Command::new("ip").args(["link", "set", &self.veth, state]).status().expect("ip");
+        assert!(status.success(), "ip link set {} {state}", self.veth);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 

@@ -10,7 +10,7 @@
 //!   results.parquet  report/{index.html, summary.md, summary.csv, *.svg}
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,10 @@ pub fn attempt_dir(run_dir: &Path, job: &str, attempt: u32) -> PathBuf {
     run_dir.join("jobs").join(job).join(format!("attempt-{attempt}"))
 }
 
+/// The longest a new agent may take to re-send its outbox before work starts without it
+/// (an agent that never says `outbox_resent` must not stall the whole cluster).
+const OUTBOX_WAIT_S: f64 = 30.0;
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -73,6 +77,13 @@ struct Dispatcher<'p> {
     deployed: HashMap<u16, String>,
     /// Agents started so far (each gets the next number).
     generations: u64,
+    /// Nodes whose connection dropped and that a thread is trying to reach again.
+    reconnecting: HashSet<u16>,
+    /// Slots whose new agent has not yet re-sent its outbox, with the time it started:
+    /// nothing starts until it has, or for at most [`OUTBOX_WAIT_S`].
+    awaiting_outbox: HashMap<usize, f64>,
+    /// Seconds since the run started.
+    clock: Instant,
 }
 
 /// Options of a run.
@@ -237,6 +248,31 @@ fn node_slots(plan: &Plan, jobs: &[JobInput]) -> (Vec<Slot>, Vec<String>) {
 }
 
 impl Dispatcher<'_> {
+    /// Feeds the scheduler one event (held while outboxes are still arriving) and carries
+    /// out its effects: returns when to wake up, and whether every job has ended.
+    fn step(&mut self, event: Event) -> Result<(Option<f64>, bool)> {
+        let now = self.clock.elapsed().as_secs_f64();
+        let slow: Vec<usize> =
+            self.awaiting_outbox.iter().filter(|(_, &since)| now - since >= OUTBOX_WAIT_S).map(|(&s, _)| s).collect();
+        for slot in slow {
+            tracing::warn!(
+                "the agent on {} has not re-sent its outbox after {OUTBOX_WAIT_S} s: not waiting for it",
+                self.slot_names[slot]
+            );
+            self.awaiting_outbox.remove(&slot);
+        }
+        self.state.hold(!self.awaiting_outbox.is_empty());
+        let effects = scheduler::on_event(&mut self.state, event);
+        let (wake, done) = self.apply(effects)?;
+        // While held, wake up when the longest wait runs out.
+        let give_up = self.awaiting_outbox.values().map(|since| since + OUTBOX_WAIT_S).reduce(f64::min);
+        let wake = match (wake, give_up) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok((wake, done))
+    }
+
     fn record(&mut self, record: &Record) -> Result<()> {
         self.journal.append(record).context("append to the journal")
     }
@@ -331,8 +367,64 @@ impl Dispatcher<'_> {
                 }
             };
             self.agents[slot] = Some(agent);
+            self.awaiting_outbox.insert(slot, self.clock.elapsed().as_secs_f64());
         }
         self.agents[slot].as_mut().context("agent")
+    }
+
+    /// Journals the failure of every running attempt on the slots `on` picks; it is
+    /// retried while retries are left.
+    fn fail_running(&mut self, on: impl Fn(usize) -> bool, error: &str) -> Result<()> {
+        let running: Vec<(u32, u32)> = self.state.running().collect();
+        for (job, attempt) in running {
+            if let JobState::Running { slot, .. } = self.state.states[job as usize] {
+                if on(slot as usize) {
+                    let retry = attempt <= self.plan.sweep.execution.retries;
+                    let id = self.ids[job as usize].clone();
+                    let record = Record::Failed {
+                        job: id.clone(),
+                        attempt,
+                        error: error.to_owned(),
+                        retryable: retry,
+                        at: now_text(),
+                    };
+                    self.record(&record)?;
+                    if !retry {
+                        self.progress.ended(&id, &format!("failed: {error}"), true);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node is lost for the rest of the run: its sessions are ended and its running
+    /// attempts journaled as failed (the scheduler retries them on equivalent nodes).
+    fn node_lost(&mut self, node: u16, why: &str) -> Result<()> {
+        let name = self.plan.sweep.nodes[node as usize].name.clone();
+        let slots: Vec<usize> = (0..self.state.slots.len()).filter(|&s| self.state.slots[s].node == node).collect();
+        for &slot in &slots {
+            if let Some(agent) = self.agents[slot].take() {
+                agent.kill();
+            }
+            self.awaiting_outbox.remove(&slot);
+        }
+        self.fail_running(|s| slots.contains(&s), &format!("node {name} lost: {why}"))?;
+        self.progress.line(&format!("node {name} lost: {why}"));
+        Ok(())
+    }
+
+    /// Tries to reach a node again in a thread; it reports `NodeBack` or `NodeUnreachable`.
+    fn spawn_reconnect(&self, node: u16) {
+        let Some(target) = self.targets[node as usize].clone() else { return };
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let message = match target.reconnect() {
+                Ok(()) => Incoming::NodeBack { node },
+                Err(why) => Incoming::NodeUnreachable { node, why },
+            };
+            let _ = tx.send(message);
+        });
     }
 
     /// Stores an artifact after checking its name and checksum.
@@ -370,29 +462,21 @@ impl Dispatcher<'_> {
                     return Ok(None);
                 }
                 self.agents[slot] = None;
+                self.awaiting_outbox.remove(&slot);
                 let node = self.state.slots[slot].node;
                 if self.targets[node as usize].is_some() && !self.interrupted {
-                    // A remote node whose session dropped is lost for this run: its running
-                    // attempts are retried on equivalent nodes.
-                    let running: Vec<(u32, u32)> = self.state.running().collect();
-                    for (job, attempt) in running {
-                        if let JobState::Running { slot: s, .. } = self.state.states[job as usize] {
-                            if self.state.slots[s as usize].node == node {
-                                let error = format!("node {} lost: {why}", self.slot_names[slot]);
-                                let retry = attempt <= self.plan.sweep.execution.retries;
-                                let record = Record::Failed {
-                                    job: self.ids[job as usize].clone(),
-                                    attempt,
-                                    error,
-                                    retryable: retry,
-                                    at: now_text(),
-                                };
-                                self.record(&record)?;
-                            }
-                        }
+                    // A remote session dropped: its attempt is lost (retried where the
+                    // scheduler can), and the node is tried again with backoff.
+                    self.fail_running(|s| s == slot, &format!("connection to {} lost: {why}", self.slot_names[slot]))?;
+                    if self.state.is_lost(node) {
+                        return Ok(None);
                     }
-                    self.progress.line(&format!("node {} lost: {why}", self.plan.sweep.nodes[node as usize].name));
-                    return Ok(Some(Event::NodeLost { node, now }));
+                    if self.reconnecting.insert(node) {
+                        let name = &self.plan.sweep.nodes[node as usize].name;
+                        self.progress.line(&format!("connection to node {name} lost ({why}): reconnecting"));
+                        self.spawn_reconnect(node);
+                    }
+                    return Ok(Some(Event::SlotDown { slot: slot as u32, now }));
                 }
                 let running: Vec<(u32, u32)> = self.state.running().collect();
                 for (job, attempt) in running {
@@ -417,6 +501,28 @@ impl Dispatcher<'_> {
                     }
                 }
                 Ok(None)
+            }
+            Incoming::NodeBack { node } => {
+                self.reconnecting.remove(&node);
+                // The node may have been reinstalled meanwhile: check the agent again.
+                self.deployed.remove(&node);
+                self.progress.line(&format!("node {} is back", self.plan.sweep.nodes[node as usize].name));
+                // Start its agents now: they re-send what finished while it was away,
+                // before anything new is started.
+                for slot in 0..self.state.slots.len() {
+                    if self.state.slots[slot].node == node && self.agents[slot].is_none() {
+                        if let Err(e) = self.agent(slot) {
+                            let why = format!("{e:#}");
+                            let _ = self.tx.send(Incoming::Gone { slot, generation: 0, why });
+                        }
+                    }
+                }
+                Ok(Some(Event::NodeUp { node, now }))
+            }
+            Incoming::NodeUnreachable { node, why } => {
+                self.reconnecting.remove(&node);
+                self.node_lost(node, &why)?;
+                Ok(Some(Event::NodeLost { node, now }))
             }
             Incoming::Agent { slot, message } => match message {
                 FromAgent::Hello(h) => {
@@ -444,6 +550,14 @@ impl Dispatcher<'_> {
                     Ok(None)
                 }
                 FromAgent::Finished { id, result } => self.finished(slot, id, *result, now),
+                FromAgent::OutboxResent { count } => {
+                    if count > 0 {
+                        self.progress
+                            .line(&format!("collected {count} finished attempt(s) from {}", self.slot_names[slot]));
+                    }
+                    self.awaiting_outbox.remove(&slot);
+                    Ok(Some(Event::Tick { now }))
+                }
                 FromAgent::Failed { id, error, retryable } => {
                     let Some(&job) = self.index.get(&id.job_id) else { return Ok(None) };
                     let cancelled = error == "cancelled";
@@ -588,26 +702,42 @@ pub fn dispatch(
         targets,
         deployed: HashMap::new(),
         generations: 0,
+        reconnecting: HashSet::new(),
+        awaiting_outbox: HashMap::new(),
+        clock: Instant::now(),
     };
-    // Start every slot's agent now: each delivers its outbox after hello. A node that
-    // cannot be reached is lost for this run (its jobs go to equivalent nodes).
+    // Start every slot's agent now: each delivers its outbox after hello. A node whose
+    // host key is refused is lost for this run (its jobs go to equivalent nodes); one
+    // that cannot be reached is tried again with backoff first.
     let mut all_done = false;
     for slot in 0..slots.len() {
-        if let Err(e) = d.agent(slot) {
-            let node = d.state.slots[slot].node;
+        let node = d.state.slots[slot].node;
+        let event = if d.state.is_lost(node) {
+            continue;
+        } else if d.reconnecting.contains(&node) {
+            Event::SlotDown { slot: slot as u32, now: 0.0 }
+        } else {
+            let Err(e) = d.agent(slot) else { continue };
             if d.targets[node as usize].is_none() {
                 return Err(e);
             }
-            d.progress.line(&format!("node {} unavailable: {e:#}", plan.sweep.nodes[node as usize].name));
-            let effects = scheduler::on_event(&mut d.state, Event::NodeLost { node, now: 0.0 });
-            all_done |= d.apply(effects)?.1;
-        }
+            let name = &plan.sweep.nodes[node as usize].name;
+            if matches!(e.downcast_ref::<ssh::ConnectError>(), Some(ssh::ConnectError::HostKey(_))) {
+                d.progress.line(&format!("node {name} unavailable: {e:#}"));
+                Event::NodeLost { node, now: 0.0 }
+            } else {
+                d.progress.line(&format!("node {name} unreachable ({e:#}): trying again"));
+                d.reconnecting.insert(node);
+                d.spawn_reconnect(node);
+                Event::SlotDown { slot: slot as u32, now: 0.0 }
+            }
+        };
+        all_done |= d.step(event)?.1;
     }
-    let start = Instant::now();
+    let start = d.clock;
     let mut event = Event::Tick { now: 0.0 };
     loop {
-        let effects = scheduler::on_event(&mut d.state, event);
-        let (wake, done) = d.apply(effects)?;
+        let (wake, done) = d.step(event)?;
         if done || all_done || (d.interrupted && d.state.running().next().is_none()) {
             break;
         }

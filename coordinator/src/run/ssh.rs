@@ -22,6 +22,21 @@ pub const CONNECT_TIMEOUT_S: u32 = 10;
 /// Keepalive: a node that misses 3 probes 5 s apart is gone.
 pub const KEEPALIVE_INTERVAL_S: u32 = 5;
 pub const KEEPALIVE_COUNT: u32 = 3;
+/// Seconds between reconnection tries after a node's connection drops; a node still
+/// unreachable after the last is lost for the rest of the run (about 15 s plus the
+/// connection timeouts).
+pub const RECONNECT_BACKOFF_S: [f64; 4] = [1.0, 2.0, 4.0, 8.0];
+
+/// Why ssh could not reach a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The node's host key is unknown or changed: retrying cannot help.
+    #[error("{0}")]
+    HostKey(String),
+    /// Anything else (refused, timed out, authentication): may pass.
+    #[error("{0}")]
+    Unreachable(String),
+}
 
 /// How to reach one node.
 #[derive(Debug, Clone)]
@@ -104,22 +119,22 @@ impl SshTarget {
         }
         let out = child.wait_with_output().context("wait for ssh")?;
         if out.status.code() == Some(255) {
-            bail!("{}", self.connection_error(&String::from_utf8_lossy(&out.stderr)));
+            return Err(self.connection_error(&String::from_utf8_lossy(&out.stderr)).into());
         }
         Ok(out)
     }
 
     /// Turns ssh's complaint into a message that says what to do.
-    fn connection_error(&self, stderr: &str) -> String {
+    fn connection_error(&self, stderr: &str) -> ConnectError {
         let known = self.known_hosts.clone().unwrap_or_else(|| "~/.ssh/known_hosts".to_owned());
         if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-            return format!(
+            return ConnectError::HostKey(format!(
                 "the host key of {} ({}:{}) has changed: refused (it may be a man-in-the-middle). If the change is expected, remove the old key with `ssh-keygen -R '[{}]:{}' -f {known}` and check the new one",
                 self.name, self.host, self.port, self.host, self.port
-            );
+            ));
         }
         if stderr.contains("Host key verification failed") || stderr.contains("No ED25519 host key is known") {
-            return format!(
+            return ConnectError::HostKey(format!(
                 "the host key of {} ({}:{}) is not in {known}: refused. Its fingerprint is {}. If that is the host, add it (ssh-keyscan -p {} {} >> {known}) or run again with --accept-new-host-keys",
                 self.name,
                 self.host,
@@ -127,9 +142,15 @@ impl SshTarget {
                 self.fingerprint().unwrap_or_else(|| "unknown (ssh-keyscan failed)".to_owned()),
                 self.port,
                 self.host
-            );
+            ));
         }
-        format!("cannot reach {} ({}:{}): {}", self.name, self.host, self.port, stderr.trim())
+        ConnectError::Unreachable(format!(
+            "cannot reach {} ({}:{}): {}",
+            self.name,
+            self.host,
+            self.port,
+            stderr.trim()
+        ))
     }
 
     /// The server's host key fingerprint, as ssh-keyscan sees it.
@@ -166,7 +187,9 @@ impl SshTarget {
             );
         }
         let upload = self.run(
-            &format!("mkdir -p ~/.cache/llem/bin && cat > {path}.tmp && chmod 755 {path}.tmp && mv {path}.tmp {path} && {path} --version"),
+            // The temp name carries the remote shell's pid: two coordinators deploying
+            // the same build at once never share (or rename away) each other's temp file.
+            &format!("mkdir -p ~/.cache/llem/bin && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv {path}.tmp.$$ {path} && {path} --version"),
             Some(&bytes),
         )?;
         if !upload.status.success() {
@@ -190,6 +213,28 @@ impl SshTarget {
             bail!("`true` failed on {}", self.name);
         }
         Ok(start.elapsed())
+    }
+
+    /// Tries to reach the node again after its connection dropped: a try after each delay
+    /// of [`RECONNECT_BACKOFF_S`]. A fresh master connection replaces the dead one (ssh
+    /// removes a stale control socket itself). Err: the last reason, once every try
+    /// failed, or at once when the host key is refused (waiting cannot fix that).
+    pub fn reconnect(&self) -> std::result::Result<(), String> {
+        let mut last = String::new();
+        for delay in RECONNECT_BACKOFF_S {
+            std::thread::sleep(std::time::Duration::from_secs_f64(delay));
+            match self.round_trip() {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    last = format!("{e:#}");
+                    if matches!(e.downcast_ref::<ConnectError>(), Some(ConnectError::HostKey(_))) {
+                        break;
+                    }
+                    tracing::info!("{} still unreachable: {last}", self.name);
+                }
+            }
+        }
+        Err(last)
     }
 
     /// `llem-agent probe --json` on the node.

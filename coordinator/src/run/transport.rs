@@ -24,6 +24,15 @@ pub enum Incoming {
         generation: u64,
         why: String,
     },
+    /// A node whose connection dropped answers again.
+    NodeBack {
+        node: u16,
+    },
+    /// A node whose connection dropped stayed unreachable.
+    NodeUnreachable {
+        node: u16,
+        why: String,
+    },
     /// Ctrl-C.
     Interrupt,
 }
@@ -107,6 +116,13 @@ impl LocalAgent {
     pub fn send(&mut self, message: &ToAgent) -> Result<()> {
         write_frame(&mut self.input, message).context("write to the agent")?;
         self.input.flush().context("write to the agent")
+    }
+
+    /// Ends the session at once (its node is unreachable: a goodbye would not arrive).
+    /// The remote agent sees its input close and stops its job.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Says goodbye and waits for the agent to exit.

@@ -4,6 +4,7 @@
 mod agent;
 mod candle;
 mod cluster;
+mod cluster_faults;
 mod models;
 mod run;
 mod sweeps;

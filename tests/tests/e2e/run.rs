@@ -313,6 +313,7 @@ def send(msg):
     out.flush()
 hello = read()
 send({"type": "hello", "protocol": hello["protocol"], "version": hello["version"], "host": "rogue"})
+send({"type": "outbox_resent", "count": 0})
 result = json.load(open(sys.argv[1]))
 while True:
     msg = read()
