@@ -165,6 +165,9 @@ pub struct State {
     gap_s: f64,
     cycle_gap_s: f64,
     cancelled: bool,
+    /// Which jobs some live slot can serve must be worked out again (at the start, and
+    /// when a node is lost).
+    servability_changed: bool,
     /// Start nothing (results may still be on their way from outboxes).
     held: bool,
     announced_done: bool,
@@ -184,6 +187,7 @@ impl State {
             gap_s,
             cycle_gap_s,
             cancelled: false,
+            servability_changed: true,
             held: false,
             announced_done: false,
         }
@@ -262,8 +266,15 @@ impl State {
         if self.cancelled || self.held {
             return;
         }
+        // Idle slots (gaps included): when there are none, nothing can start, and the scan
+        // over every job is skipped (it would cost O(jobs × slots) per event).
+        let mut idle =
+            self.slots.iter().filter(|s| s.busy.is_none() && !s.down && !self.lost_nodes.contains(&s.node)).count();
         let mut earliest_wake: Option<f64> = None;
         for j in 0..self.jobs.len() {
+            if idle == 0 {
+                break;
+            }
             if self.states[j] != JobState::Pending {
                 continue;
             }
@@ -296,6 +307,7 @@ impl State {
                 let slot = &mut self.slots[i];
                 slot.busy = Some(j as u32);
                 slot.last_cycle = Some(job.cycle);
+                idle -= 1;
                 self.states[j] = JobState::Running { attempt, slot: i as u32 };
                 effects.push(Effect::Dispatch { job: j as u32, attempt, slot: i as u32 });
             }
@@ -350,6 +362,7 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
         }
         Event::NodeLost { node, now } => {
             state.lost_nodes.push(node);
+            state.servability_changed = true;
             let lost: Vec<(usize, u32)> = state
                 .states
                 .iter()
@@ -385,7 +398,8 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
         state.schedule(now, &mut effects);
     }
     // Pending jobs no live slot can serve end as failed, so the sweep can finish.
-    if !state.cancelled {
+    if !state.cancelled && state.servability_changed {
+        state.servability_changed = false;
         let mut ended = false;
         for j in 0..state.jobs.len() {
             let job = &state.jobs[j];

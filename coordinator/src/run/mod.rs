@@ -735,11 +735,17 @@ pub fn dispatch(
         all_done |= d.step(event)?.1;
     }
     let start = d.clock;
-    let mut event = Event::Tick { now: 0.0 };
+    // Only messages that change something (and wake-ups) reach the scheduler: phases,
+    // samples and logs are most of the traffic and change nothing there.
+    let mut event = Some(Event::Tick { now: 0.0 });
+    let mut wake = None;
     loop {
-        let (wake, done) = d.step(event)?;
-        if done || all_done || (d.interrupted && d.state.running().next().is_none()) {
-            break;
+        if let Some(e) = event.take() {
+            let (w, done) = d.step(e)?;
+            wake = w;
+            if done || all_done || (d.interrupted && d.state.running().next().is_none()) {
+                break;
+            }
         }
         let now = start.elapsed().as_secs_f64();
         let message = match wake {
@@ -752,9 +758,10 @@ pub fn dispatch(
             None => Some(rx.recv().context("all agents are gone")?),
         };
         let now = start.elapsed().as_secs_f64();
+        let due = wake.is_some_and(|at| at <= now);
         event = match message {
-            None => Event::Tick { now },
-            Some(m) => d.incoming(m, now)?.unwrap_or(Event::Tick { now }),
+            None => Some(Event::Tick { now }),
+            Some(m) => d.incoming(m, now)?.or_else(|| due.then_some(Event::Tick { now })),
         };
     }
     for agent in d.agents.into_iter().flatten() {

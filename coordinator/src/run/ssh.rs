@@ -38,6 +38,29 @@ pub enum ConnectError {
     Unreachable(String),
 }
 
+/// The short content hash that names an agent build on the nodes. Computed once per
+/// process and binary: the agent is ~100 MB, and every node asks.
+fn build_hash(agent: &Path) -> Result<String> {
+    static HASHES: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = HASHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, hash)) = known.iter().find(|(p, _)| p == agent) {
+        return Ok(hash.clone());
+    }
+    let mut file = std::fs::File::open(agent).with_context(|| format!("read {}", agent.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).with_context(|| format!("read {}", agent.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hash: String = hasher.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
+    known.push((agent.to_owned(), hash.clone()));
+    Ok(hash)
+}
+
 /// How to reach one node.
 #[derive(Debug, Clone)]
 pub struct SshTarget {
@@ -170,8 +193,7 @@ impl SshTarget {
     /// names its version and content hash, uploaded when missing (temp file, chmod,
     /// rename). Returns the remote path.
     pub fn deploy(&self, local_agent: &Path) -> Result<String> {
-        let bytes = std::fs::read(local_agent).with_context(|| format!("read {}", local_agent.display()))?;
-        let hash: String = Sha256::digest(&bytes)[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let hash = build_hash(local_agent)?;
         let path = format!("~/.cache/llem/bin/llem-agent-{}-{hash}", env!("CARGO_PKG_VERSION"));
         let check = self.run(&format!("test -x {path} && {path} --version"), None)?;
         if check.status.success() {
@@ -186,6 +208,7 @@ impl SshTarget {
                 std::env::consts::ARCH
             );
         }
+        let bytes = std::fs::read(local_agent).with_context(|| format!("read {}", local_agent.display()))?;
         let upload = self.run(
             // The temp name carries the remote shell's pid: two coordinators deploying
             // the same build at once never share (or rename away) each other's temp file.
