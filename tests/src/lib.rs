@@ -134,7 +134,7 @@ impl Sshd {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect((host.as_str(), port)).is_err() {
             assert!(std::time::Instant::now() < deadline, "sshd on {host}:{port} did not start");
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Sshd { dir, host, port, child }
     }
