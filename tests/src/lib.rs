@@ -101,7 +101,7 @@ impl Sshd {
         let key = dir.join("host_key");
         keygen(&key);
         let config = format!(
-            "Port {port}\nListenAddress {host}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv LLEM_STATE_DIR={} LLEM_POWERCAP_ROOT={}\nLogLevel ERROR\n",
+            "Port {port}\nListenAddress {host}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv LLEM_STATE_DIR={} LLEM_POWERCAP_ROOT={}\nClientAliveInterval 5\nClientAliveCountMax 3\nLogLevel ERROR\n",
             key.display(),
             root.join("client_key.pub").display(),
             dir.join("sshd.pid").display(),
@@ -128,6 +128,11 @@ impl Sshd {
             .arg(dir.join("sshd_config"))
             .arg("-E")
             .arg(dir.join("sshd.log"))
+            // Its session processes would inherit the test's stdout and hold the pipe of
+            // whoever reads the test output open until they end.
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start sshd");
         // Ready when it accepts connections.
@@ -148,6 +153,16 @@ impl Sshd {
 
     /// Kills the server and every process of its sessions (the node goes away).
     pub fn kill_node(&mut self) {
+        // The per-connection servers first (children of the listener; they do not carry
+        // the session environment), so no connection outlives the node.
+        let listener = self.child.id().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1));
+            if ppid == Some(listener.as_str()) {
+                let _ = Command::new("kill").arg("-KILL").arg(entry.file_name()).status();
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.kill_sessions();

@@ -157,13 +157,14 @@ fn a_partitioned_node_reconnects_and_nothing_is_lost_or_repeated() {
     let nodes = vec![Sshd::start_in(dir.path(), 0, &netns)];
     write_sweep(dir.path(), &slow_jobs(1), &nodes);
     let mut llem = Coordinator::start(dir.path(), &["run", "sweep.yaml"]);
-    llem.wait_for("attempt 1 on n1/cpu");
+    let job = job_of(&llem.wait_for("attempt 1 on n1/cpu"));
     // Link down mid-job: packets vanish, nothing is reset; the keepalives notice.
     netns.link(false);
     llem.wait_for("connection to node n1 lost");
     netns.link(true);
     llem.wait_for("node n1 is back");
     let (status, stderr) = llem.finish();
+    eprintln!("{stderr}");
     assert_eq!(status.code(), Some(0), "{stderr}");
     let j = journal(dir.path());
     let finished: Vec<&str> = j.lines().filter(|l| l.contains("\"finished\"")).collect();
@@ -173,6 +174,11 @@ fn a_partitioned_node_reconnects_and_nothing_is_lost_or_repeated() {
         .filter_map(|v| v["job"].as_str().map(str::to_owned))
         .collect();
     assert_eq!((finished.len(), jobs.len()), (4, 4), "each job finished exactly once: {j}");
+    // The job cut off finished on the node during the partition (it takes 0.6 s, the
+    // keepalives 15 s): its result came from the outbox, and it never ran again.
+    assert!(stderr.contains("collected 1 finished attempt(s) from n1/cpu"), "{stderr}");
+    assert!(j.contains(&format!("\"event\":\"finished\",\"job\":\"{job}\",\"attempt\":1")), "{j}");
+    assert_eq!(count(&j, &format!("\"event\":\"dispatched\",\"job\":\"{job}\"")), 1, "{j}");
     drop(nodes);
 }
 
