@@ -90,8 +90,9 @@ impl FakeRapl {
             while !flag.load(Ordering::Relaxed) {
                 let uj = start_uj as f64 + watts * t0.elapsed().as_secs_f64() * 1e6;
                 write(&zone, (uj as u64) % range_uj);
-                // The counter's update period (real RAPL updates about every 1 ms).
-                std::thread::sleep(Duration::from_millis(1));
+                // The counter's update period (real RAPL updates about every 1 ms; each
+                // update here creates a file, and 1,000 a second slowed the whole disk).
+                std::thread::sleep(Duration::from_millis(2));
             }
         });
         FakeRapl { root: root.to_owned(), stop, thread: Some(thread) }
@@ -115,8 +116,10 @@ fn rapl_energy_matches_the_known_wattage_through_wraps() {
     let job = Job::new(&format!(
         "{SYNTHETIC}n_prompts: 20\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 2}}, warmup: {{prompts: 1}}, thermal_floor: {{max_s: 0}}}}\n"
     ));
-    // Wraps every 1.25 s: several times in the 4 s window and in the baseline.
-    let rapl = FakeRapl::start(&job.path("powercap"), watts, 50.0);
+    // Wraps every 2.5 s: in the 4 s window, and near the start. (Faster wraps made the
+    // test measure the machine: a reader or writer stalled longer than one wrap period
+    // behind the parallel tests cannot tell one wrap from two.)
+    let rapl = FakeRapl::start(&job.path("powercap"), watts, 100.0);
     let out = job.command("out").env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run agent");
     drop(rapl);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

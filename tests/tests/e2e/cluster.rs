@@ -137,11 +137,7 @@ fn a_remote_agent_cannot_write_outside_the_run_directory() {
     std::fs::write(&kh, nodes[0].known_hosts_line()).expect("known_hosts");
     // The "agent" llem deploys to the node is a protocol speaker that sends files named
     // ../../x, an absolute path, a hidden name, and one with a wrong checksum.
-    let rogue = dir.path().join("rogue-agent");
-    let fixture = llem_tests::repo_root().join("tests").join("fixtures").join("result-v1.json");
-    let script = crate::run::ROGUE_AGENT.replace("sys.argv[1]", &format!("{:?}", fixture.display().to_string()));
-    std::fs::write(&rogue, script).expect("rogue");
-    assert!(Command::new("chmod").arg("+x").arg(&rogue).status().expect("chmod").success());
+    let rogue = crate::run::rogue_agent(dir.path());
     let one = JOBS.replace("[1, 2, 3, 4]", "[1]").replace("{cycles: 3}", "{cycles: 1}");
     std::fs::write(dir.path().join("sweep.yaml"), format!("{one}{}", nodes_yaml(dir.path(), &nodes, &kh)))
         .expect("sweep");
@@ -156,14 +152,6 @@ fn a_remote_agent_cannot_write_outside_the_run_directory() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("refused artifact \"../../x\"") && stderr.contains("is corrupt"), "{stderr}");
     let run = std::fs::read_dir(dir.path().join("runs")).expect("runs").flatten().next().expect("run").path();
-    assert!(!run.join("x").exists() && !dir.path().join("x").exists());
-    assert!(!Path::new("/tmp/llem-rogue-abs").exists());
-    for job in std::fs::read_dir(run.join("jobs")).expect("jobs").flatten() {
-        let files: Vec<String> = std::fs::read_dir(job.path().join("attempt-1"))
-            .expect("attempt")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(files, vec!["result.json".to_owned()], "only the result was stored");
-    }
+    assert!(!dir.path().join("x").exists());
+    crate::run::assert_only_results_stored(&run);
 }

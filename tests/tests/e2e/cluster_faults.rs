@@ -227,15 +227,22 @@ fn running(marker: &str) -> bool {
     Command::new("pgrep").args(["-f", marker]).output().expect("pgrep").status.success()
 }
 
-#[test]
-fn ctrl_c_stops_the_remote_job_and_frees_the_node() {
+/// A one-node run whose first job is running its program on the node: (files, node,
+/// program marker, the flag that lets it finish, llem).
+fn remote_program_running(tag: &str) -> (tempfile::TempDir, Vec<Sshd>, String, PathBuf, Coordinator) {
     let (dir, nodes) = setup(1);
     let flag = dir.path().join("go");
-    let marker = format!("llem-remote-cancel-{}", std::process::id());
+    let marker = format!("llem-remote-{tag}-{}", std::process::id());
     write_sweep(dir.path(), &waiting_jobs(&flag, &marker), &nodes);
     let mut llem = Coordinator::start(dir.path(), &["run", "sweep.yaml"]);
     llem.wait_for("attempt 1 on n1/cpu");
     poll_until("the remote program", || running(&marker));
+    (dir, nodes, marker, flag, llem)
+}
+
+#[test]
+fn ctrl_c_stops_the_remote_job_and_frees_the_node() {
+    let (dir, nodes, marker, flag, llem) = remote_program_running("cancel");
     llem.signal("-INT");
     let (status, stderr) = llem.finish();
     assert_eq!(status.code(), Some(130), "{stderr}");
@@ -258,13 +265,7 @@ fn ctrl_c_stops_the_remote_job_and_frees_the_node() {
 
 #[test]
 fn a_coordinator_that_vanishes_leaves_no_orphan_on_the_node() {
-    let (dir, nodes) = setup(1);
-    let flag = dir.path().join("go");
-    let marker = format!("llem-remote-orphan-{}", std::process::id());
-    write_sweep(dir.path(), &waiting_jobs(&flag, &marker), &nodes);
-    let mut llem = Coordinator::start(dir.path(), &["run", "sweep.yaml"]);
-    llem.wait_for("attempt 1 on n1/cpu");
-    poll_until("the remote program", || running(&marker));
+    let (_dir, nodes, marker, _flag, llem) = remote_program_running("orphan");
     // No goodbye: the channel just closes. The agent stops the job and exits.
     llem.signal("-KILL");
     let _ = llem.finish();

@@ -301,7 +301,7 @@ fn failed_jobs_are_retried_then_kept_failed_until_retry_failed() {
 }
 
 /// An agent that speaks the protocol but sends a file named to escape the run directory.
-pub(crate) const ROGUE_AGENT: &str = r#"#!/usr/bin/env python3
+const ROGUE_AGENT: &str = r#"#!/usr/bin/env python3
 import json, struct, sys, hashlib, base64
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 def read():
@@ -331,14 +331,34 @@ while True:
         sys.exit(0)
 "#;
 
-#[test]
-fn artifacts_cannot_escape_the_run_directory() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let rogue = dir.path().join("rogue-agent");
+/// Writes the rogue agent into `dir`; returns its path.
+pub(crate) fn rogue_agent(dir: &Path) -> PathBuf {
+    let rogue = dir.join("rogue-agent");
     let fixture = llem_tests::repo_root().join("tests").join("fixtures").join("result-v1.json");
     std::fs::write(&rogue, ROGUE_AGENT.replace("sys.argv[1]", &format!("{:?}", fixture.display().to_string())))
         .expect("rogue");
     assert!(Command::new("chmod").arg("+x").arg(&rogue).status().expect("chmod").success());
+    rogue
+}
+
+/// After a run with the rogue agent: nothing escaped, and each attempt kept only its result.
+pub(crate) fn assert_only_results_stored(run: &Path) {
+    assert!(!run.join("jobs").join("x").exists() && !run.join("x").exists());
+    assert!(!Path::new("/tmp/llem-rogue-abs").exists());
+    for entry in std::fs::read_dir(run.join("jobs")).expect("jobs").flatten() {
+        let files: Vec<String> = std::fs::read_dir(entry.path().join("attempt-1"))
+            .expect("attempt")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, vec!["result.json".to_owned()], "only the result was stored");
+    }
+}
+
+#[test]
+fn artifacts_cannot_escape_the_run_directory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rogue = rogue_agent(dir.path());
     let sweep = SWEEP.replace("cycles: 2", "cycles: 1").replace("batch_size: [1, 2]", "batch_size: [1]");
     std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
     let out = llem(dir.path(), &["run", "sweep.yaml"])
@@ -350,15 +370,5 @@ fn artifacts_cannot_escape_the_run_directory() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("refused artifact \"../../x\""), "{stderr}");
     assert!(stderr.contains("is corrupt"), "a wrong checksum is refused: {stderr}");
-    let run = run_dir(dir.path()).expect("run dir");
-    assert!(!run.join("jobs").join("x").exists() && !run.join("x").exists());
-    assert!(!Path::new("/tmp/llem-rogue-abs").exists());
-    for entry in std::fs::read_dir(run.join("jobs")).expect("jobs").flatten() {
-        let files: Vec<String> = std::fs::read_dir(entry.path().join("attempt-1"))
-            .expect("attempt")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(files, vec!["result.json".to_owned()], "only the result was stored");
-    }
+    assert_only_results_stored(&run_dir(dir.path()).expect("run dir"));
 }
