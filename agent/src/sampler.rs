@@ -108,22 +108,25 @@ impl<C: Clock> ThreadedMeter<C> {
 
 fn read(sensor: &Mutex<TimedSensor>, clock: &dyn Clock) -> Sample {
     let mut guard = sensor.lock().unwrap_or_else(|e| e.into_inner());
-    let mut best: Option<(f64, Sample)> = None;
-    for _ in 0..READ_TRIES {
+    // One reading, bracketed by the clock: (how long it took, the sample).
+    let read_once = |timed: &mut TimedSensor| {
         let before = clock.now();
-        let readings = guard.sensor.read();
-        let after = clock.now();
-        let took = after - before;
-        guard.fastest_s = guard.fastest_s.min(took);
-        let sample = Sample { t: before + took / 2.0, readings };
-        if took <= 3.0 * guard.fastest_s + READ_SLACK_S {
-            return sample;
+        let readings = timed.sensor.read();
+        let took = clock.now() - before;
+        timed.fastest_s = timed.fastest_s.min(took);
+        (took, Sample { t: before + took / 2.0, readings })
+    };
+    let mut best = read_once(&mut guard);
+    for _ in 1..READ_TRIES {
+        if best.0 <= 3.0 * guard.fastest_s + READ_SLACK_S {
+            break;
         }
-        if best.as_ref().is_none_or(|(b, _)| took < *b) {
-            best = Some((took, sample));
+        let again = read_once(&mut guard);
+        if again.0 < best.0 {
+            best = again;
         }
     }
-    best.map_or_else(|| Sample { t: clock.now(), readings: guard.sensor.read() }, |(_, s)| s)
+    best.1
 }
 
 impl<C: Clock> Meter for ThreadedMeter<C> {

@@ -94,10 +94,9 @@ fn main() {
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
     let finished = journal.matches("\"finished\"").count();
     assert_eq!(finished, n_jobs, "every job completes");
-    let mut overheads = common::job_overheads_ms(&run);
+    let overheads = common::job_overheads_ms(&run);
     let median = overheads[overheads.len() / 2];
     let p99 = overheads[(overheads.len() * 99 / 100).min(overheads.len() - 1)];
-    overheads.clear();
     let ssh_total: f64 = ssh_cpu.values().sum();
     println!(
         "cluster_scale: {n_nodes} nodes × {n_jobs} no-op jobs: all {finished} finished in {wall:.1} s ({:.0} jobs/s); \
