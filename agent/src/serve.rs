@@ -3,7 +3,8 @@
 //! frames only; logs go to stderr.
 //!
 //! Each `Run` executes in a worker thread through the same locked sequence as
-//! `llem-agent run`, into the node-local outbox `<state>/outbox/<job>/attempt-<n>/`. The
+//! `llem-agent run`, into the node-local outbox `<state>/outbox/<run>/<job>/attempt-<n>/`
+//! (`<run>` from the coordinator's hello). The
 //! agent sends the attempt's files as `Artifact`s, then `Finished`; the directory stays
 //! until the coordinator's `Ack`, and every un-acked attempt is sent again after the next
 //! `Hello` — a coordinator that died after a job finished loses nothing.
@@ -14,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _, Result};
 use base64::Engine as _;
-use llem_common::protocol::{read_frame, write_frame, AttemptId, FromAgent, Hello, Phase, ToAgent};
+use llem_common::protocol::{
+    is_safe_artifact_name, read_frame, write_frame, AttemptId, FromAgent, Hello, Phase, ToAgent,
+};
 use llem_common::result::JobResult;
 use sha2::{Digest, Sha256};
 
@@ -36,8 +39,8 @@ fn safe_id(id: &AttemptId) -> bool {
     !id.job_id.is_empty() && id.job_id.len() <= 64 && id.job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-fn attempt_dir(state: &Path, id: &AttemptId) -> PathBuf {
-    state.join("outbox").join(&id.job_id).join(format!("attempt-{}", id.attempt))
+fn attempt_dir(outbox: &Path, id: &AttemptId) -> PathBuf {
+    outbox.join(&id.job_id).join(format!("attempt-{}", id.attempt))
 }
 
 /// Sends an outbox entry: its files, then the result.
@@ -60,9 +63,9 @@ fn deliver(out: &Out, dir: &Path, id: &AttemptId, result: JobResult) {
 }
 
 /// Re-sends every finished attempt the coordinator has not acknowledged; returns how many.
-fn resend_outbox(out: &Out, state: &Path) -> u32 {
+fn resend_outbox(out: &Out, outbox: &Path) -> u32 {
     let mut count = 0;
-    let Ok(jobs) = std::fs::read_dir(state.join("outbox")) else { return count };
+    let Ok(jobs) = std::fs::read_dir(outbox) else { return count };
     for job in jobs.flatten() {
         let Ok(attempts) = std::fs::read_dir(job.path()) else { continue };
         for attempt in attempts.flatten() {
@@ -91,15 +94,19 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let host = crate::probe::host_snapshot("").hostname;
     let ours = Hello::new(host);
-    match read_frame::<ToAgent>(&mut input).context("read the coordinator's hello")? {
+    // This session's outbox: the run's own, so a resend never hands one run's result
+    // to another run of the same jobs.
+    let outbox = match read_frame::<ToAgent>(&mut input).context("read the coordinator's hello")? {
         Some(ToAgent::Hello(theirs)) => {
             send(&out, &FromAgent::Hello(ours.clone()));
             ours.check(&theirs)?;
+            let run = theirs.run.filter(|r| is_safe_artifact_name(r)).unwrap_or_else(|| "unnamed-run".to_owned());
+            state.join("outbox").join(run)
         }
         Some(other) => bail!("the coordinator spoke before saying hello: {other:?}"),
         None => return Ok(()),
-    }
-    let count = resend_outbox(&out, state);
+    };
+    let count = resend_outbox(&out, &outbox);
     send(&out, &FromAgent::OutboxResent { count });
     let mut running: Option<Running> = None;
     loop {
@@ -127,8 +134,10 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
             Some(ToAgent::Hello(_)) => {}
             Some(ToAgent::Ack { id }) => {
                 if safe_id(&id) {
-                    let _ = std::fs::remove_dir_all(attempt_dir(state, &id));
-                    let _ = std::fs::remove_dir(state.join("outbox").join(&id.job_id));
+                    let _ = std::fs::remove_dir_all(attempt_dir(&outbox, &id));
+                    // Emptied directories go too (removing one that is not empty fails).
+                    let _ = std::fs::remove_dir(outbox.join(&id.job_id));
+                    let _ = std::fs::remove_dir(&outbox);
                 }
             }
             Some(ToAgent::Cancel { id }) => {
@@ -150,8 +159,9 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                 let cancel = Cancel::default();
                 let (out2, state2, base2, id2, cancel2) =
                     (Arc::clone(&out), state.to_owned(), base_dir.to_owned(), id.clone(), cancel.clone());
+                let outbox2 = outbox.clone();
                 let thread = std::thread::spawn(move || {
-                    let dir = attempt_dir(&state2, &id2);
+                    let dir = attempt_dir(&outbox2, &id2);
                     let _ = std::fs::remove_dir_all(&dir);
                     send(&out2, &FromAgent::Phase { id: id2.clone(), phase: Phase::WaitingForLock });
                     let (o_phase, o_power, pid, wid) = (Arc::clone(&out2), Arc::clone(&out2), id2.clone(), id2.clone());

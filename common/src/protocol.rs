@@ -30,11 +30,28 @@ pub struct Hello {
     pub version: String,
     /// Host name of the sender.
     pub host: String,
+    /// The coordinator's run (its run directory's name). The agent keeps this session's
+    /// outbox under it and re-sends only that run's unacknowledged attempts: job ids are
+    /// content hashes, so two runs of the same sweep share them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl Hello {
     pub fn new(host: impl Into<String>) -> Self {
-        Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").to_owned(), host: host.into() }
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: host.into(),
+            run: None,
+        }
+    }
+
+    /// The coordinator's hello for a run.
+    #[must_use]
+    pub fn for_run(mut self, run: impl Into<String>) -> Self {
+        self.run = Some(run.into());
+        self
     }
 
     /// Refuses a peer that speaks another protocol version.
@@ -260,6 +277,15 @@ mod tests {
         let mut junk = 5u32.to_be_bytes().to_vec();
         junk.extend_from_slice(b"nope!");
         assert!(matches!(read_frame::<ToAgent>(&mut junk.as_slice()), Err(ProtocolError::Json(_))));
+    }
+
+    #[test]
+    fn the_coordinators_hello_names_its_run_and_the_agents_need_not() {
+        let hello: Hello = serde_json::from_str(r#"{"protocol":2,"version":"0.1.0","host":"a"}"#).expect("no run");
+        assert_eq!(hello.run, None);
+        let text = serde_json::to_string(&Hello::new("c").for_run("sweep-20261127")).expect("json");
+        assert!(text.contains(r#""run":"sweep-20261127""#), "{text}");
+        assert!(!serde_json::to_string(&Hello::new("agent")).expect("json").contains("run"));
     }
 
     #[test]

@@ -353,7 +353,7 @@ impl Dispatcher<'_> {
             self.generations += 1;
             let generation = self.generations;
             let agent = match self.targets[node as usize].clone() {
-                None => LocalAgent::spawn(slot, generation, &log, None, self.tx.clone())?,
+                None => LocalAgent::spawn(slot, generation, self.hello(), &log, None, self.tx.clone())?,
                 Some(target) => {
                     let remote = match self.deployed.get(&node) {
                         Some(p) => p.clone(),
@@ -363,7 +363,15 @@ impl Dispatcher<'_> {
                             p
                         }
                     };
-                    LocalAgent::spawn_with(slot, generation, target.agent_command(&remote), &log, self.tx.clone())?
+                    let hello = self.hello();
+                    LocalAgent::spawn_with(
+                        slot,
+                        generation,
+                        hello,
+                        target.agent_command(&remote),
+                        &log,
+                        self.tx.clone(),
+                    )?
                 }
             };
             self.agents[slot] = Some(agent);
@@ -425,6 +433,12 @@ impl Dispatcher<'_> {
             };
             let _ = tx.send(message);
         });
+    }
+
+    /// Our hello to a new agent: it names the run, whose outbox the agent re-sends.
+    fn hello(&self) -> llem_common::protocol::Hello {
+        let run = self.run_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        llem_common::protocol::Hello::new("coordinator").for_run(run)
     }
 
     /// Stores an artifact after checking its name and checksum.

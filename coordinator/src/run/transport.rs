@@ -57,11 +57,12 @@ pub struct LocalAgent {
 }
 
 impl LocalAgent {
-    /// Starts an agent whose stderr goes to `log`, says hello, and forwards everything it
-    /// sends to `tx` from a reader thread.
+    /// Starts an agent whose stderr goes to `log`, says `hello`, and forwards everything
+    /// it sends to `tx` from a reader thread.
     pub fn spawn(
         slot: usize,
         generation: u64,
+        hello: Hello,
         log: &Path,
         state_dir: Option<&Path>,
         tx: Sender<Incoming>,
@@ -71,7 +72,7 @@ impl LocalAgent {
         if let Some(dir) = state_dir {
             cmd.arg("--state-dir").arg(dir);
         }
-        Self::spawn_with(slot, generation, cmd, log, tx)
+        Self::spawn_with(slot, generation, hello, cmd, log, tx)
     }
 
     /// Starts an agent session from any command whose stdin/stdout is the agent's (a
@@ -79,6 +80,7 @@ impl LocalAgent {
     pub fn spawn_with(
         slot: usize,
         generation: u64,
+        hello: Hello,
         mut cmd: Command,
         log: &Path,
         tx: Sender<Incoming>,
@@ -109,7 +111,7 @@ impl LocalAgent {
             }
         });
         let mut agent = LocalAgent { child, input: BufWriter::new(stdin), generation };
-        agent.send(&ToAgent::Hello(Hello::new("coordinator")))?;
+        agent.send(&ToAgent::Hello(hello))?;
         Ok(agent)
     }
 

@@ -191,7 +191,8 @@ fn a_result_finished_while_the_coordinator_died_is_collected_on_resume() {
     // Freeze the coordinator mid-job, let the job finish on the node, then kill it: the
     // result exists only in the node's outbox.
     llem.signal("-STOP");
-    let outbox = nodes[0].dir.join("state/outbox").join(&job).join("attempt-1");
+    let run_name = run_dir(dir.path()).file_name().expect("run name").to_owned();
+    let outbox = nodes[0].dir.join("state/outbox").join(run_name).join(&job).join("attempt-1");
     poll_until("the result in the outbox", || outbox.join("result.json").exists());
     llem.signal("-KILL");
     let _ = llem.finish();
