@@ -158,6 +158,12 @@ fn a_partitioned_node_reconnects_and_nothing_is_lost_or_repeated() {
     write_sweep(dir.path(), &slow_jobs(1), &nodes);
     let mut llem = Coordinator::start(dir.path(), &["run", "sweep.yaml"]);
     let job = job_of(&llem.wait_for("attempt 1 on n1/cpu"));
+    // Wait until the node has the job (the `run` message could still be on the wire,
+    // and would then be lost with the connection): its outbox directory appears when it
+    // starts.
+    let run_name = run_dir(dir.path()).file_name().expect("run name").to_owned();
+    let started = nodes[0].dir.join("state/outbox").join(run_name).join(&job).join("attempt-1");
+    poll_until("the node to start the job", || started.exists());
     // Link down mid-job: packets vanish, nothing is reset; the keepalives notice.
     netns.link(false);
     llem.wait_for("connection to node n1 lost");
