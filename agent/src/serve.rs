@@ -85,6 +85,9 @@ fn resend_outbox(out: &Out, outbox: &Path) -> u32 {
 struct Running {
     id: AttemptId,
     cancel: Cancel,
+    /// Set when the job itself is over (lock released) and only its report is left to
+    /// send: the coordinator may already be sending the next `Run`.
+    reporting: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -151,6 +154,10 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                     send(&out, &FromAgent::Failed { id, error: "invalid job id".to_owned(), retryable: false });
                     continue;
                 }
+                // The previous attempt's report is on its way out: wait for it to be sent.
+                if let Some(r) = running.take_if(|r| r.reporting.load(std::sync::atomic::Ordering::SeqCst)) {
+                    let _ = r.thread.join();
+                }
                 if let Some(r) = running.as_ref().filter(|r| !r.thread.is_finished()) {
                     let error = format!("busy with {}", r.id.job_id);
                     send(&out, &FromAgent::Failed { id, error, retryable: true });
@@ -160,6 +167,8 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                 let (out2, state2, base2, id2, cancel2) =
                     (Arc::clone(&out), state.to_owned(), base_dir.to_owned(), id.clone(), cancel.clone());
                 let outbox2 = outbox.clone();
+                let reporting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let reporting2 = Arc::clone(&reporting);
                 let thread = std::thread::spawn(move || {
                     let dir = attempt_dir(&outbox2, &id2);
                     let _ = std::fs::remove_dir_all(&dir);
@@ -176,7 +185,10 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                             );
                         })),
                     };
-                    match run_job_observed(&spec, &id2.job_id, &base2, &dir, &state2, cancel2.clone(), observers) {
+                    let outcome =
+                        run_job_observed(&spec, &id2.job_id, &base2, &dir, &state2, cancel2.clone(), observers);
+                    reporting2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    match outcome {
                         Ok(result) => deliver(&out2, &dir, &id2, result),
                         Err(e) => {
                             // A cancelled or failed attempt leaves nothing to count.
@@ -189,7 +201,7 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                     }
                     let _ = out2.lock().map(|mut o| o.flush());
                 });
-                running = Some(Running { id, cancel, thread });
+                running = Some(Running { id, cancel, reporting, thread });
             }
         }
     }
