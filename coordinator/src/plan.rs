@@ -222,6 +222,16 @@ mod tests {
     }
 
     #[test]
+    fn the_quickstart_keeps_its_job_ids() {
+        // Pinned: run directories of every earlier release resume against these
+        // (docs/sweep-format.md, "Job ids").
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps/quickstart.yaml");
+        let plan = Plan::build(crate::sweep::load(&path).expect("loads")).expect("plan");
+        let ids: Vec<String> = plan.expansion.jobs.iter().take(2).map(|j| plan.expansion.job_id(j)).collect();
+        assert_eq!(ids, ["87cf823bcd68f0b7-c1", "83e9a68b00bc98eb-c1"]);
+    }
+
+    #[test]
     fn graph_shape() {
         let sweep = crate::sweep::tests::sweep_from(
             "model: m\nsweep: {batch_size: [1, 2, 4], max_output_tokens: [8, 16]}\nexecution: {cycles: 2, monotone: [batch_size]}\n",

@@ -194,6 +194,13 @@ pub struct ExperimentSpec {
 }
 
 /// sha256 of an experiment's canonical JSON: the identity of a configuration.
+///
+/// **Stable ids.** The canonical JSON is what serde writes. A field added to
+/// [`ExperimentSpec`] (or to a section) after this format was fixed must be left out of
+/// it when unset — `#[serde(default, skip_serializing_if = …)]` — so every existing sweep
+/// keeps its ids and resume after an upgrade reruns nothing. The fields of the first
+/// format (in [`CANONICAL_V1_KEYS`]) keep writing `null` when unset, as they always did.
+/// docs/sweep-format.md states the rule; tests pin known ids and the key set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SpecHash(pub [u8; 32]);
 
@@ -252,6 +259,47 @@ impl ExperimentSpec {
     }
 }
 
+/// Every key the canonical JSON of a default spec holds, dotted, as fixed by the first
+/// format. A new field must not appear here when unset (see [`SpecHash`]).
+pub const CANONICAL_V1_KEYS: &[&str] = &[
+    "batch_size",
+    "command",
+    "command_warmup",
+    "dataset",
+    "decoding",
+    "decoding.ignore_eos",
+    "decoding.seed",
+    "decoding.temperature",
+    "decoding.top_k",
+    "decoding.top_p",
+    "device",
+    "engine",
+    "max_input_tokens",
+    "max_output_tokens",
+    "measurement",
+    "measurement.baseline",
+    "measurement.baseline.cache_ttl_s",
+    "measurement.baseline.duration_s",
+    "measurement.energy",
+    "measurement.sample_hz",
+    "measurement.thermal_floor",
+    "measurement.thermal_floor.delta_c",
+    "measurement.thermal_floor.max_s",
+    "measurement.thermal_floor.min_s",
+    "measurement.warmup",
+    "measurement.warmup.cv",
+    "measurement.warmup.max_prompts",
+    "measurement.warmup.prompts",
+    "measurement.warmup.window",
+    "model",
+    "n_prompts",
+    "precision",
+    "requires",
+    "save_outputs",
+    "synthetic",
+    "synthetic.ms_per_token",
+];
+
 /// A job's id: its configuration's short hash plus its cycle (`3fa1…-c2`), so the same
 /// sweep always yields the same ids and adding cycles keeps the old ones.
 pub fn job_id(hash: &SpecHash, cycle: u32) -> String {
@@ -307,6 +355,37 @@ mod tests {
         assert_eq!(a.hash(), a.clone().hash());
         assert_eq!(job_id(&a.hash(), 2), format!("{}-c2", a.hash().short()));
         assert_eq!(a.hash().short().len(), 16);
+    }
+
+    fn dotted_keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = value {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.push(key.clone());
+                dotted_keys(v, &key, out);
+            }
+        }
+    }
+
+    #[test]
+    fn a_field_added_later_is_left_out_of_the_canonical_form_when_unset() {
+        // Fails when a new field serialises while unset: that would change every job id
+        // of every existing sweep (docs/sweep-format.md, "Job ids").
+        let mut keys = Vec::new();
+        dotted_keys(&sample().to_json(), "", &mut keys);
+        keys.sort();
+        assert_eq!(keys, CANONICAL_V1_KEYS, "the canonical form of an unset spec changed: job ids would change");
+    }
+
+    #[test]
+    fn known_ids_are_pinned() {
+        // The canonical text of a default spec, and its id, as every earlier release wrote them.
+        let spec = sample();
+        assert_eq!(
+            serde_json::to_string(&spec).expect("json"),
+            r#"{"batch_size":1,"command":null,"command_warmup":null,"dataset":"builtin","decoding":{"ignore_eos":false,"seed":0,"temperature":0.0,"top_k":null,"top_p":null},"device":"cpu","engine":"candle","max_input_tokens":512,"max_output_tokens":64,"measurement":{"baseline":{"cache_ttl_s":3600.0,"duration_s":10.0},"energy":"auto","sample_hz":10.0,"thermal_floor":{"delta_c":1.0,"max_s":60.0,"min_s":0.0},"warmup":{"cv":0.05,"max_prompts":30,"prompts":null,"window":5}},"model":"m.gguf","n_prompts":10,"precision":"auto","requires":{},"save_outputs":false,"synthetic":{"ms_per_token":1.0}}"#
+        );
+        assert_eq!(job_id(&spec.hash(), 1), "6640c7a4ed94a047-c1");
     }
 
     #[test]
