@@ -45,6 +45,16 @@ pub enum Command {
         state_dir: Option<PathBuf>,
     },
 
+    /// Remove older agent builds from the directory this binary is in, keeping the
+    /// newest N (this one among them) and any that a running agent uses.
+    ///
+    /// `llem` runs it on a node after installing a new build there.
+    PruneBuilds {
+        /// How many builds to keep.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+    },
+
     /// Run one experiment through the full locked sequence.
     ///
     /// FILE holds one experiment in the sweep-file field names (no `sweep:`), e.g.

@@ -9,11 +9,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub mod baseline;
+pub mod builds;
 pub mod cli;
 pub mod clock;
 pub mod energy;
 pub mod fsutil;
 pub mod lock;
+pub mod prepare;
 pub mod probe;
 pub mod run;
 pub mod sampler;
@@ -33,7 +35,7 @@ pub fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: failed to {err:#}");
+            eprintln!("error: {err:#}");
             ExitCode::from(EXIT_RUN_FAILED)
         }
     }
@@ -55,7 +57,21 @@ fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
         cli::Command::Serve { stdio: _, state_dir } => {
             drop(stdout);
             let state = state_dir.unwrap_or_else(run::default_state_dir);
+            // While it serves, `prune-builds` leaves this binary alone.
+            let _in_use = builds::hold_own_binary();
             serve::serve(&state, Path::new("."))?;
+            Ok(0)
+        }
+        cli::Command::PruneBuilds { keep } => {
+            let exe = std::env::current_exe()?;
+            let dir = exe.parent().unwrap_or(Path::new("."));
+            let pruned = builds::prune(dir, keep, Some(&exe))?;
+            for p in &pruned.removed {
+                tracing::info!("removed {}", p.display());
+            }
+            for p in &pruned.in_use {
+                tracing::info!("kept {}: an agent runs it", p.display());
+            }
             Ok(0)
         }
         cli::Command::Run(args) => {

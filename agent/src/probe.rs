@@ -1,23 +1,13 @@
 //! What this node is and what it can measure: `llem-agent probe`, and the environment
 //! snapshot stored in every result.
 
+pub use llem_common::probe::{ProbeReport, SourceStatus};
 use llem_common::result::{GpuInfo, NodeSnapshot};
-use serde::Serialize;
 
 use crate::sensor::{nvml::NvmlSensor, rapl};
 
-/// Whether an energy source can be used here, and why not.
-#[derive(Debug, Clone, Serialize)]
-pub struct SourceStatus {
-    pub name: &'static str,
-    pub available: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeReport {
-    pub node: NodeSnapshot,
-    pub energy_sources: Vec<SourceStatus>,
+fn source(name: &str, available: bool, detail: String) -> SourceStatus {
+    SourceStatus { name: name.to_owned(), available, detail }
 }
 
 fn first_line_with(path: &str, prefix: &str) -> Option<String> {
@@ -56,28 +46,20 @@ pub fn probe() -> ProbeReport {
             let counters = gpus.len();
             node.gpus = gpus;
             node.driver_version = driver;
-            sources.push(SourceStatus { name: "nvml", available: true, detail: format!("{counters} GPU(s)") });
+            sources.push(source("nvml", true, format!("{counters} GPU(s)")));
         }
-        Err(e) => sources.push(SourceStatus { name: "nvml", available: false, detail: e.to_string() }),
+        Err(e) => sources.push(source("nvml", false, e.to_string())),
     }
     let root = rapl::powercap_root();
     match rapl::RaplSensor::open(&root) {
         Ok(s) => {
             use crate::sensor::Sensor as _;
             let name = s.devices().first().map(|d| d.name.clone()).unwrap_or_default();
-            sources.push(SourceStatus {
-                name: "rapl",
-                available: true,
-                detail: format!("{name} under {}", root.display()),
-            });
+            sources.push(source("rapl", true, format!("{name} under {}", root.display())));
         }
-        Err(e) => sources.push(SourceStatus { name: "rapl", available: false, detail: e.to_string() }),
+        Err(e) => sources.push(source("rapl", false, e.to_string())),
     }
-    sources.push(SourceStatus {
-        name: "none",
-        available: true,
-        detail: "always: energy is reported as null with a warning".to_owned(),
-    });
+    sources.push(source("none", true, "always: energy is reported as null with a warning".to_owned()));
     ProbeReport { node, energy_sources: sources }
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
+use llem_common::failure::FailureKind;
 use llem_common::result::JobResult;
 use llem_common::spec::{Device, ExperimentSpec};
 
@@ -35,6 +35,31 @@ fn lock_name(device: Device) -> String {
     }
 }
 
+/// Why a job produced no result: the kind, decided where it happened, and a sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct JobFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl JobFailure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        JobFailure { kind, message: message.into() }
+    }
+}
+
+impl From<sequence::SequenceError> for JobFailure {
+    fn from(e: sequence::SequenceError) -> Self {
+        JobFailure::new(e.source.kind(), e.to_string())
+    }
+}
+
+/// An I/O step of the agent's own (files, the lock): retried, as a passing fault may be.
+fn io_step<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> JobFailure + '_ {
+    move |e| JobFailure::new(FailureKind::EngineError, format!("cannot {what}: {e}"))
+}
+
 /// Runs one job; returns its result (already written to `out`).
 /// `base_dir` resolves relative paths in the spec; `cancel` stops the engine.
 pub fn run_job(
@@ -44,7 +69,7 @@ pub fn run_job(
     out: &Path,
     state_dir: &Path,
     cancel: workload::Cancel,
-) -> Result<JobResult> {
+) -> Result<JobResult, JobFailure> {
     run_job_observed(spec, job_id, base_dir, out, state_dir, cancel, Observers::default())
 }
 
@@ -70,18 +95,20 @@ pub fn run_job_observed(
     state_dir: &Path,
     cancel: workload::Cancel,
     observers: Observers,
-) -> Result<JobResult> {
-    std::fs::create_dir_all(out).with_context(|| format!("create the output directory {}", out.display()))?;
+) -> Result<JobResult, JobFailure> {
+    std::fs::create_dir_all(out).map_err(io_step(&format!("create the output directory {}", out.display())))?;
     let device = match spec.device {
         Device::Cuda(None) => Device::Cuda(Some(0)),
         d => d,
     };
-    let (sensor, skipped) = sensor::open(spec.measurement.energy, device).context("open the energy sensor")?;
+    // A sensor the job insists on and this node lacks: no retry can change that.
+    let (sensor, skipped) = sensor::open(spec.measurement.energy, device)
+        .map_err(|e| JobFailure::new(FailureKind::BadJob, format!("cannot open the energy sensor: {e}")))?;
     for reason in &skipped {
         tracing::info!("energy source skipped: {reason}");
     }
     let _lock = DeviceLock::acquire(state_dir, &lock_name(device), job_id)
-        .with_context(|| format!("take the lock of {device} in {}", state_dir.display()))?;
+        .map_err(io_step(&format!("take the lock of {device} in {}", state_dir.display())))?;
 
     let clock = Arc::new(SystemClock::default());
     let mut meter = ThreadedMeter::new(sensor, Arc::clone(&clock));
@@ -92,7 +119,8 @@ pub fn run_job_observed(
     let mut node = probe::host_snapshot(&device.to_string());
     node.driver_version = driver;
     let ctx = Context { job_id: job_id.to_owned(), node, gpus, skipped_sensors: skipped, on_phase: observers.phase };
-    let mut engine = workload::for_spec(spec, clock.as_ref(), base_dir, out, cancel).context("start the engine")?;
+    let mut engine = workload::for_spec(spec, clock.as_ref(), base_dir, out, cancel)
+        .map_err(|e| JobFailure::new(e.kind(), format!("cannot start the engine: {e}")))?;
     let store = FileBaselineStore::new(state_dir);
     let measured = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx)?;
     let _ = meter.stop();
@@ -102,9 +130,9 @@ pub fn run_job_observed(
     result.load.peak_memory_mb = workload::candle::rss_mb("VmHWM:");
     let rows = timeseries::downsample(&measured.window, &measured.devices);
     result.sampling.timeseries_rows = rows.len() as u64;
-    let parquet = timeseries::to_parquet(&rows).context("encode timeseries.parquet")?;
-    fsutil::write_atomic(&out.join("timeseries.parquet"), &parquet).context("write timeseries.parquet")?;
-    let json = serde_json::to_vec_pretty(&result).context("encode result.json")?;
-    fsutil::write_atomic(&out.join("result.json"), &json).context("write result.json")?;
+    let parquet = timeseries::to_parquet(&rows).map_err(io_step("encode timeseries.parquet"))?;
+    fsutil::write_atomic(&out.join("timeseries.parquet"), &parquet).map_err(io_step("write timeseries.parquet"))?;
+    let json = serde_json::to_vec_pretty(&result).map_err(io_step("encode result.json"))?;
+    fsutil::write_atomic(&out.join("result.json"), &json).map_err(io_step("write result.json"))?;
     Ok(result)
 }

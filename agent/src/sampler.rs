@@ -78,6 +78,21 @@ pub struct ThreadedMeter<C: Clock + 'static> {
 /// Told the devices' total power at most once a second while sampling (live progress).
 pub type PowerObserver = Arc<dyn Fn(f64) + Send + Sync>;
 
+/// Seconds between two live power reports.
+pub const LIVE_PERIOD_S: f64 = 1.0;
+
+/// The devices' total power between two samples: their own power readings where every
+/// device has one (NVML), else the energy counters' rise over the gap (RAPL); `None`
+/// without a sensor.
+pub fn live_power(prev: &Sample, cur: &Sample) -> Option<f64> {
+    if !cur.readings.is_empty() && cur.readings.iter().all(|r| r.power_w.is_some()) {
+        return Some(cur.readings.iter().filter_map(|r| r.power_w).sum());
+    }
+    let dt = cur.t - prev.t;
+    let joules = crate::energy::counter_delta(&prev.readings, &cur.readings)?;
+    (dt > 0.0).then(|| joules / dt)
+}
+
 impl<C: Clock> std::fmt::Debug for ThreadedMeter<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThreadedMeter").field("devices", &self.devices).finish_non_exhaustive()
@@ -146,12 +161,28 @@ impl<C: Clock> Meter for ThreadedMeter<C> {
         let _ = self.stop();
         let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
         let (sensor, clock, flag) = (Arc::clone(&self.sensor), Arc::clone(&self.clock), Arc::clone(&stop));
+        let on_power = self.on_power.clone();
         let period = 1.0 / hz.max(1e-3);
         let handle = std::thread::Builder::new().name("llem-sampler".to_owned()).spawn(move || {
-            let mut samples = Vec::new();
+            let mut samples: Vec<Sample> = Vec::new();
+            // The sample the last live report was measured from.
+            let mut reported: Option<usize> = None;
             let mut next = clock.now();
             loop {
                 samples.push(read(&sensor, clock.as_ref()));
+                if let Some(observer) = &on_power {
+                    let cur = samples.len() - 1;
+                    match reported {
+                        None => reported = Some(cur),
+                        Some(prev) if samples[cur].t - samples[prev].t >= LIVE_PERIOD_S => {
+                            if let Some(watts) = live_power(&samples[prev], &samples[cur]) {
+                                observer(watts);
+                            }
+                            reported = Some(cur);
+                        }
+                        Some(_) => {}
+                    }
+                }
                 next += period;
                 let (lock, cvar) = &*flag;
                 let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,6 +277,61 @@ mod tests {
         let value = second.readings[0].energy_j.unwrap_or(f64::NAN);
         assert!(value > 0.1, "the stalled reading was dropped: {second:?}");
         assert!((second.t - value).abs() < 0.0001, "timed within the read: {second:?}");
+    }
+
+    #[test]
+    fn live_power_from_power_readings_or_counters() {
+        let p = |w| DeviceReading { power_w: Some(w), ..DeviceReading::default() };
+        let e = |j| DeviceReading { energy_j: Some(j), ..DeviceReading::default() };
+        let (a, b) =
+            (Sample { t: 0.0, readings: vec![p(1.0), p(2.0)] }, Sample { t: 1.0, readings: vec![p(3.0), p(4.0)] });
+        assert_eq!(live_power(&a, &b), Some(7.0));
+        let (a, b) = (Sample { t: 2.0, readings: vec![e(10.0)] }, Sample { t: 4.0, readings: vec![e(90.0)] });
+        assert_eq!(live_power(&a, &b), Some(40.0));
+        let none = Sample { t: 5.0, readings: vec![DeviceReading::default()] };
+        assert_eq!(live_power(&none, &none), None, "no sensor: nothing to report, never 0");
+    }
+
+    /// A counter that rises 50 J per second of the fake clock, which the sensor advances.
+    #[derive(Debug)]
+    struct Counter {
+        clock: Arc<crate::clock::fake::FakeClock>,
+        devices: Vec<SensedDevice>,
+    }
+
+    impl Sensor for Counter {
+        fn kind(&self) -> SensorKind {
+            SensorKind::Rapl
+        }
+        fn devices(&self) -> &[SensedDevice] {
+            &self.devices
+        }
+        fn read(&mut self) -> Vec<DeviceReading> {
+            // Time stands still at 35 s, so the test knows when the window is over.
+            if self.clock.now() < 35.0 {
+                self.clock.advance(0.1);
+            }
+            vec![DeviceReading { energy_j: Some(50.0 * self.clock.now()), ..DeviceReading::default() }]
+        }
+    }
+
+    #[test]
+    fn the_observer_hears_the_power_about_once_a_second() {
+        let clock = Arc::new(crate::clock::fake::FakeClock::new(0.0));
+        let device = SensedDevice { index: -1, name: "cpu".into(), key: "cpu".into() };
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&heard);
+        let sensor = Counter { clock: Arc::clone(&clock), devices: vec![device] };
+        let mut meter = ThreadedMeter::new(Box::new(sensor), Arc::clone(&clock))
+            .with_power_observer(Arc::new(move |w| sink.lock().expect("lock").push(w)));
+        meter.start(1000.0);
+        while clock.now() < 35.0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        meter.stop();
+        let heard = heard.lock().expect("lock").clone();
+        assert!((30..=35).contains(&heard.len()), "{} reports over 35 s", heard.len());
+        assert!(heard.iter().all(|w| (w - 50.0).abs() < 1e-6), "{heard:?}");
     }
 
     #[test]

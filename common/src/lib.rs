@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod de;
 pub mod diag;
+pub mod failure;
+pub mod probe;
 pub mod protocol;
 pub mod result;
 pub mod spec;

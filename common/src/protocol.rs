@@ -2,9 +2,10 @@
 //! (a child's stdin/stdout locally, an SSH exec channel remotely).
 //!
 //! A frame is a u32 big-endian length, then that many bytes of JSON. Frames over
-//! [`MAX_FRAME`] are refused before anything is allocated. Each side first sends a
-//! [`Hello`]; differing protocol versions are refused with a message naming both. The
-//! agent's stdout carries nothing else: its logs go to stderr or travel as [`FromAgent::Log`].
+//! [`MAX_FRAME`] are refused before anything is allocated; files travel in chunks of
+//! [`CHUNK_BYTES`], so no message needs more. Each side first sends a [`Hello`]; differing
+//! protocol versions are refused with a message naming both. The agent's stdout carries
+//! nothing else: its logs go to stderr or travel as [`FromAgent::Log`].
 //! Documented in `docs/protocol.md`.
 
 use std::io::{Read, Write};
@@ -12,18 +13,25 @@ use std::io::{Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::failure::FailureKind;
+use crate::probe::{ModelStatus, ProbeReport};
 use crate::result::JobResult;
 use crate::spec::ExperimentSpec;
 
-/// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped on any incompatible change of the messages below. 3: typed failures, chunked
+/// artifacts with a manifest in `finished`, `resend`, `probe` and `prepare`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
-/// The largest frame either side accepts (artifacts are the big ones).
-pub const MAX_FRAME: u32 = 64 * 1024 * 1024;
+/// The largest frame either side accepts.
+pub const MAX_FRAME: u32 = 16 * 1024 * 1024;
 
-/// The first message each way.
+/// Raw bytes of a file per [`FromAgent::ArtifactChunk`] (base64 makes a frame of about
+/// 5.4 MiB, well under [`MAX_FRAME`]).
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// The first message each way. Its shape never changes between protocol versions (and
+/// unknown fields are ignored), so any two versions can tell each other apart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Hello {
     pub protocol: u32,
     /// `llem` or `llem-agent` version.
@@ -69,7 +77,7 @@ impl Hello {
 }
 
 /// A job attempt's identity: the job id and which attempt (each retry has its own).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptId {
     pub job_id: String,
@@ -90,9 +98,21 @@ pub enum ToAgent {
     Cancel {
         id: AttemptId,
     },
-    /// The coordinator has stored this attempt's result: drop it from the outbox.
+    /// The coordinator has stored this attempt's files and result: drop it from the outbox.
     Ack {
         id: AttemptId,
+    },
+    /// The delivery of this attempt did not arrive intact (a chunk missing, a checksum
+    /// wrong): send it again from the outbox.
+    Resend {
+        id: AttemptId,
+    },
+    /// Describe the node: answered by [`FromAgent::Probed`].
+    Probe,
+    /// Check that a model's files are present and readable: answered by
+    /// [`FromAgent::Prepared`]. `model` is resolved as a job's would be.
+    Prepare {
+        model: String,
     },
     /// Finish and exit.
     Shutdown,
@@ -109,6 +129,16 @@ pub enum Phase {
     ThermalFloor,
     Measuring,
     Writing,
+}
+
+/// One file of a finished attempt, as listed in [`FromAgent::Finished`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactEntry {
+    /// A plain file name ([`is_safe_artifact_name`]).
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 /// Agent → coordinator.
@@ -131,28 +161,41 @@ pub enum FromAgent {
         level: String,
         message: String,
     },
+    /// Bytes `offset..offset + len` of one file of an attempt (`timeseries.parquet`,
+    /// `outputs.jsonl`, …), base64 in JSON. Chunks of a file come in order, before the
+    /// attempt's `finished`; an empty file is one empty chunk.
+    ArtifactChunk {
+        id: AttemptId,
+        name: String,
+        offset: u64,
+        base64: String,
+    },
+    /// The attempt's result and the manifest of its files: the coordinator acknowledges
+    /// only when every listed file arrived with this size and sha256.
     Finished {
         id: AttemptId,
         result: Box<JobResult>,
-    },
-    /// A file of the attempt (`timeseries.parquet`, `agent.log`, …), base64 in JSON. The
-    /// name is a plain file name; the coordinator verifies the sha256.
-    Artifact {
-        id: AttemptId,
-        name: String,
-        sha256: String,
-        base64: String,
+        artifacts: Vec<ArtifactEntry>,
     },
     Failed {
         id: AttemptId,
-        error: String,
-        retryable: bool,
+        kind: FailureKind,
+        message: String,
     },
     /// Sent once after `Hello`, when every unacknowledged attempt of the outbox was sent
     /// again (`count` of them): until then the coordinator starts nothing new, so a job
-    /// whose result is on its way is never run twice. (Protocol 2.)
+    /// whose result is on its way is never run twice.
     OutboxResent {
         count: u32,
+    },
+    /// The answer to [`ToAgent::Probe`].
+    Probed {
+        report: Box<ProbeReport>,
+    },
+    /// The answer to [`ToAgent::Prepare`].
+    Prepared {
+        model: String,
+        status: ModelStatus,
     },
 }
 
@@ -242,6 +285,9 @@ mod tests {
             ToAgent::Run { id: id(), spec: Box::new(spec) },
             ToAgent::Cancel { id: id() },
             ToAgent::Ack { id: id() },
+            ToAgent::Resend { id: id() },
+            ToAgent::Probe,
+            ToAgent::Prepare { model: "models/m.gguf".into() },
             ToAgent::Shutdown,
         ];
         let mut buf = Vec::new();
@@ -254,7 +300,8 @@ mod tests {
         }
         assert!(read_frame::<ToAgent>(&mut r).expect("clean end").is_none());
 
-        let from = FromAgent::Failed { id: id(), error: "out of memory".into(), retryable: false };
+        let from =
+            FromAgent::Failed { id: id(), kind: FailureKind::OutOfMemory, message: "CUDA_ERROR_OUT_OF_MEMORY".into() };
         let mut buf = Vec::new();
         write_frame(&mut buf, &from).expect("write");
         let text = String::from_utf8_lossy(&buf[4..]).into_owned();
@@ -281,11 +328,41 @@ mod tests {
 
     #[test]
     fn the_coordinators_hello_names_its_run_and_the_agents_need_not() {
-        let hello: Hello = serde_json::from_str(r#"{"protocol":2,"version":"0.1.0","host":"a"}"#).expect("no run");
+        let hello: Hello = serde_json::from_str(r#"{"protocol":3,"version":"0.1.0","host":"a"}"#).expect("no run");
         assert_eq!(hello.run, None);
         let text = serde_json::to_string(&Hello::new("c").for_run("sweep-20261127")).expect("json");
         assert!(text.contains(r#""run":"sweep-20261127""#), "{text}");
         assert!(!serde_json::to_string(&Hello::new("agent")).expect("json").contains("run"));
+    }
+
+    #[test]
+    fn a_protocol_2_peer_is_refused_by_name() {
+        // A frame as a protocol-2 agent sent it (checked in): hello keeps its shape across
+        // versions, so the answer is a clear refusal, not a decoding error.
+        let text = include_str!("../../tests/fixtures/protocol-v2-hello.json");
+        let theirs = match serde_json::from_str::<FromAgent>(text).expect("an old hello decodes") {
+            FromAgent::Hello(h) => h,
+            other => panic!("not a hello: {other:?}"),
+        };
+        assert_eq!(theirs.protocol, 2);
+        let err = Hello::new("coordinator").check(&theirs).expect_err("refused").to_string();
+        assert!(err.contains("speaks protocol 2") && err.contains("this llem speaks 3"), "{err}");
+        // A newer peer's hello may carry fields this build does not know.
+        let newer = r#"{"type":"hello","protocol":9,"version":"9.0.0","host":"b","gpus":8}"#;
+        assert!(matches!(serde_json::from_str::<FromAgent>(newer), Ok(FromAgent::Hello(_))));
+    }
+
+    #[test]
+    fn a_chunk_of_a_file_fits_in_a_frame() {
+        let chunk = FromAgent::ArtifactChunk {
+            id: id(),
+            name: "outputs.jsonl".into(),
+            offset: 0,
+            base64: "A".repeat(CHUNK_BYTES.div_ceil(3) * 4),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &chunk).expect("a full chunk is under the frame limit");
+        assert!(buf.len() < MAX_FRAME as usize);
     }
 
     #[test]

@@ -14,11 +14,13 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("journal.jsonl");
     let header = Header {
-        llem_journal: 1,
+        llem_journal: llem::run::journal::JOURNAL_VERSION,
         sweep: "bench".into(),
-        sweep_file: "bench.yaml".into(),
+        sweep_file: "/bench/bench.yaml".into(),
         source_hash: "0".repeat(64),
         created_at: "2026-11-27T00:00:00.000Z".into(),
+        snapshot: None,
+        working_dir: None,
     };
     // Written as text in one go: appending 100,000 fsynced records would measure the disk.
     drop(Journal::create(&path, &header).unwrap());

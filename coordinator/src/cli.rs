@@ -55,11 +55,20 @@ pub enum Command {
 
     /// Continue an interrupted run: finished jobs are kept, the rest run.
     ///
-    /// Refuses when the sweep file changed since the run started, unless
-    /// --allow-changed-sweep (then only new or changed jobs run).
+    /// The run directory holds a copy of every file the sweep read, so resume works from
+    /// any directory, even after the files moved. While the original files are still
+    /// where they were (or the file given with --sweep), resume compares them with the
+    /// copy and refuses when they differ, unless --allow-changed-sweep (then only new or
+    /// changed jobs run, and the run keeps a copy of the changed files).
+    ///
+    /// Examples:
+    ///   llem resume runs/quickstart-20261201080000
+    ///   llem resume --sweep sweeps/quickstart.yaml --allow-changed-sweep runs/quickstart-20261201080000
     Resume(ResumeArgs),
 
     /// Show how far a run got: counts and each job's state.
+    ///
+    /// Example: llem status --json runs/quickstart-20261201080000 | jq .counts
     Status(StatusArgs),
 
     /// Write results.parquet and report/ (index.html with plots, summary.md, summary.csv)
@@ -123,6 +132,11 @@ pub struct ResumeArgs {
     /// The run directory (runs/<sweep>-<utc>).
     #[arg(value_name = "RUN_DIR")]
     pub run_dir: PathBuf,
+
+    /// Compare with (and, allowed, continue with) this sweep file instead of the
+    /// original files [default: the originals, where they still are].
+    #[arg(long, value_name = "FILE")]
+    pub sweep: Option<PathBuf>,
 
     /// Continue even though the sweep file changed: only new or changed jobs run.
     #[arg(long)]

@@ -41,6 +41,15 @@ pub struct Job {
     pub cycle: u32,
 }
 
+/// A model as jobs name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    pub name: String,
+    /// Whether its engine reads model files on the node: then a `prepare` task checks
+    /// them there before its jobs run.
+    pub reads_files: bool,
+}
+
 /// Counts for `plan --summary`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -61,7 +70,7 @@ pub struct Expansion {
     /// Distinct sets of eligible node indices.
     pub placements: Vec<Vec<u16>>,
     /// Distinct models, in order of first use.
-    pub models: Vec<String>,
+    pub models: Vec<ModelRef>,
     pub counts: Counts,
     pub warnings: Vec<Diagnostic>,
 }
@@ -146,12 +155,13 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
     let mut hashes: SpecHashMap<u32> = SpecHashMap::with_capacity_and_hasher(points.capacity(), Default::default());
     let mut exclude_hits = vec![0u64; sweep.excludes.len()];
     let mut excluded = 0u64;
-    let mut models: Vec<String> = Vec::new();
+    let mut models: Vec<ModelRef> = Vec::new();
     let mut model_of = |spec: &ExperimentSpec| -> u32 {
-        match models.iter().position(|m| *m == spec.model) {
+        let model = ModelRef { name: spec.model.clone(), reads_files: spec.engine.reads_model_files() };
+        match models.iter().position(|m| *m == model) {
             Some(i) => i as u32,
             None => {
-                models.push(spec.model.clone());
+                models.push(model);
                 (models.len() - 1) as u32
             }
         }

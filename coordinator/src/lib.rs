@@ -1,5 +1,5 @@
 //! llem, the coordinator: sweep file → validated sweep → expanded jobs → dependency graph
-//! → (later issues) schedule, dispatch, journal, store, report.
+//! → schedule → dispatch → journal → store → report.
 
 use std::process::ExitCode;
 
@@ -7,10 +7,10 @@ use clap::Parser;
 
 pub mod cli;
 mod commands;
+pub mod error;
 pub mod expand;
 pub mod plan;
 pub mod run;
-mod run_cmd;
 pub mod scheduler;
 pub mod sweep;
 
@@ -22,9 +22,6 @@ pub fn main() -> ExitCode {
     llem_common::cli::init_logging(cli.verbose, "warn", false);
     match commands::run(cli.command) {
         Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            eprintln!("error: failed to {err:#}");
-            ExitCode::from(exit::RUN_FAILED)
-        }
+        Err(err) => ExitCode::from(err.report()),
     }
 }

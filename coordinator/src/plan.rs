@@ -2,7 +2,10 @@
 //!
 //! Per node `probe` → per (node, model) `prepare` → jobs → `report`. A `prepare → job`
 //! edge means "may run on this node once the model is there" (any one of them suffices);
-//! every other edge means "after". With `execution.monotone`, a job also waits for the
+//! every other edge means "after". Models of engines that read no files (`synthetic`,
+//! `command`) have no `prepare`: their jobs run on a node once it is probed. Every task
+//! runs: the dispatcher sends the probe and the preparations to the node's agent
+//! (`run/dispatcher.rs`), and stores what they report in the run directory. With `execution.monotone`, a job also waits for the
 //! same configuration at the next smaller value of that field, so a failure there (out of
 //! memory, say) can skip the larger ones.
 
@@ -65,14 +68,20 @@ impl Plan {
             let point = &expansion.points[job.point as usize];
             let job_node = graph.add_node(Task::Job { job: j as u32 });
             job_nodes.push(job_node);
+            let reads_files = expansion.models[point.model as usize].reads_files;
             for &node in &expansion.placements[point.placement as usize] {
                 let probe = *probes.entry(node).or_insert_with(|| graph.add_node(Task::Probe { node }));
-                let prepare = *prepares.entry((node, point.model)).or_insert_with(|| {
-                    let p = graph.add_node(Task::Prepare { node, model: point.model });
-                    graph.add_edge(probe, p, Dep::After);
-                    p
-                });
-                graph.add_edge(prepare, job_node, Dep::RunsOn);
+                // An engine that reads no model files has nothing to prepare.
+                let before = if reads_files {
+                    *prepares.entry((node, point.model)).or_insert_with(|| {
+                        let p = graph.add_node(Task::Prepare { node, model: point.model });
+                        graph.add_edge(probe, p, Dep::After);
+                        p
+                    })
+                } else {
+                    probe
+                };
+                graph.add_edge(before, job_node, Dep::RunsOn);
             }
             graph.add_edge(job_node, report, Dep::After);
         }
@@ -187,7 +196,10 @@ impl Plan {
         match self.graph[n] {
             Task::Probe { node } => format!("probe:{}", self.sweep.nodes[node as usize].name),
             Task::Prepare { node, model } => {
-                format!("prepare:{}:{}", self.sweep.nodes[node as usize].name, self.expansion.models[model as usize])
+                format!(
+                    "prepare:{}:{}",
+                    self.sweep.nodes[node as usize].name, self.expansion.models[model as usize].name
+                )
             }
             Task::Job { job } => self.expansion.job_id(&self.expansion.jobs[job as usize]),
             Task::Report => "report".to_owned(),

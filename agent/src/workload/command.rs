@@ -20,12 +20,16 @@ use super::{Engine, EngineError, Loaded, RequestMetrics};
 
 /// The environment variable naming where the program may write its report.
 pub const REPORT_ENV: &str = "LLEM_WORKLOAD_REPORT";
+/// The environment variable naming the attempt's directory: files the program writes
+/// there (plain names, not hidden) are kept with the attempt and sent to the coordinator.
+pub const JOB_DIR_ENV: &str = "LLEM_JOB_DIR";
 
 #[derive(Debug)]
 pub struct CommandEngine {
     argv: Vec<String>,
     warmup: Option<Vec<String>>,
     report_path: PathBuf,
+    job_dir: PathBuf,
     warmed: bool,
     cancel: super::Cancel,
 }
@@ -47,12 +51,13 @@ impl CommandEngine {
     pub fn new(spec: &ExperimentSpec, work_dir: &Path) -> Result<Self, EngineError> {
         let argv =
             spec.command.clone().filter(|a| !a.is_empty()).ok_or_else(|| {
-                EngineError::Failed("`engine: command` needs `command: [program, args...]`".to_owned())
+                EngineError::BadJob("`engine: command` needs `command: [program, args...]`".to_owned())
             })?;
         Ok(CommandEngine {
             argv,
             warmup: spec.command_warmup.clone(),
             report_path: work_dir.join("workload-report.json"),
+            job_dir: work_dir.to_owned(),
             warmed: false,
             cancel: super::Cancel::default(),
         })
@@ -71,10 +76,11 @@ impl CommandEngine {
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             .env(REPORT_ENV, &self.report_path)
+            .env(JOB_DIR_ENV, &self.job_dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::io::stderr())
             .spawn()
-            .map_err(|e| EngineError::Failed(format!("failed to start `{}`: {e}", argv[0])))?;
+            .map_err(|e| EngineError::BadJob(format!("cannot start `{}`: {e}", argv[0])))?;
         // Watch for cancellation while it runs: a cancelled job leaves no program behind.
         let status = loop {
             match child.try_wait() {
@@ -85,7 +91,7 @@ impl CommandEngine {
                     return Err(EngineError::Cancelled);
                 }
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                Err(e) => return Err(EngineError::Failed(format!("failed to wait for `{}`: {e}", argv[0]))),
+                Err(e) => return Err(EngineError::Failed(format!("cannot wait for `{}`: {e}", argv[0]))),
             }
         };
         if !status.success() {
@@ -139,6 +145,8 @@ impl Engine for CommandEngine {
 
 #[cfg(test)]
 mod tests {
+    use llem_common::failure::FailureKind;
+
     use super::*;
 
     fn spec(command: &[&str]) -> ExperimentSpec {
@@ -173,9 +181,11 @@ mod tests {
     fn failures_are_errors() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut engine = CommandEngine::new(&spec(&["false"]), dir.path()).expect("engine");
-        assert!(engine.measure().is_err());
+        let err = engine.measure().expect_err("exit 1");
+        assert_eq!(err.kind(), FailureKind::EngineError, "a program that fails may pass next time");
         let mut engine = CommandEngine::new(&spec(&["/no/such/program"]), dir.path()).expect("engine");
         let err = engine.measure().expect_err("missing");
-        assert!(err.to_string().starts_with("failed to start `/no/such/program`"), "{err}");
+        assert!(err.to_string().starts_with("cannot start `/no/such/program`"), "{err}");
+        assert_eq!(err.kind(), FailureKind::BadJob, "a program that is not there will not be next time");
     }
 }

@@ -4,6 +4,7 @@
 //! * `command` — any external program, measured while it runs.
 //! * `candle` — real generation in-process (its own issue).
 
+use llem_common::failure::FailureKind;
 use llem_common::spec::{Engine as EngineKind, ExperimentSpec};
 
 use crate::clock::Clock;
@@ -55,13 +56,34 @@ impl Cancel {
     }
 }
 
-/// Why an engine failed.
+/// Why an engine failed. The variant is the failure's kind, decided here where the
+/// engine knows it, and carried to the coordinator as a [`FailureKind`].
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cancelled")]
     Cancelled,
+    /// The device or host ran out of memory (the larger values of a monotone field are
+    /// skipped rather than run).
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The job cannot run as written: an unsupported model, settings that do not apply,
+    /// a missing file. Running it again cannot help.
+    #[error("{0}")]
+    BadJob(String),
+    /// Anything else that went wrong while it ran.
     #[error("{0}")]
     Failed(String),
+}
+
+impl EngineError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            EngineError::Cancelled => FailureKind::Cancelled,
+            EngineError::OutOfMemory(_) => FailureKind::OutOfMemory,
+            EngineError::BadJob(_) => FailureKind::BadJob,
+            EngineError::Failed(_) => FailureKind::EngineError,
+        }
+    }
 }
 
 /// An engine as the measurement sequence drives it.

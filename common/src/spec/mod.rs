@@ -30,6 +30,14 @@ pub enum Engine {
     Command,
 }
 
+impl Engine {
+    /// Whether the engine reads the model's files on the node (so they can be checked
+    /// before its jobs run there); `synthetic` and `command` take `model` as a label.
+    pub fn reads_model_files(self) -> bool {
+        matches!(self, Engine::Candle)
+    }
+}
+
 /// Numeric precision of weights and activations. `auto`: as stored (GGUF's own
 /// quantisation; f32 for safetensors on CPU, bf16 on GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,25 +1,55 @@
 //! `journal.jsonl`: every event of a run, append-only, one JSON object per line, fsync per
 //! record. The first line is a versioned header. A torn last line (the process died while
 //! writing it) is ignored on replay; anything else malformed is an error.
+//!
+//! Version 2 records where the run directory's copy of the sweep is (`snapshot`), the
+//! working directory of the run, and each failure's kind; version 1 journals
+//! (`tests/fixtures/journal-v1.jsonl`) keep loading.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
+use llem_common::failure::FailureKind;
 use serde::{Deserialize, Serialize};
 
-pub const JOURNAL_VERSION: u32 = 1;
+/// The version this build writes.
+pub const JOURNAL_VERSION: u32 = 2;
+/// The oldest version it reads.
+pub const OLDEST_JOURNAL_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Header {
     pub llem_journal: u32,
     pub sweep: String,
-    /// Path of the sweep file as given to `llem run`.
+    /// The sweep file: as given to `llem run` (version 1), absolute (version 2).
     pub sweep_file: String,
     pub source_hash: String,
     pub created_at: String,
+    /// Where the run directory keeps the files the sweep was read from (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+    /// The directory `llem run` ran in: local agents start there, so relative model
+    /// paths mean the same on resume (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// A run directory's copy of a sweep's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// The copy, relative to the run directory (`sweep`, then `sweep-2` …).
+    pub dir: String,
+    /// The top file, relative to `dir`.
+    pub top: String,
+    /// The directory the copy was made from (absolute).
+    pub original_root: String,
+    /// The top file it was made from (absolute): resume compares the copy with it while
+    /// it is still there.
+    pub original_file: String,
 }
 
 /// One thing that happened to a job attempt.
@@ -41,7 +71,12 @@ pub enum Record {
     Failed {
         job: String,
         attempt: u32,
+        /// Why, as a type (version 1 journals have none: read as `engine_error`).
+        #[serde(default = "legacy_kind")]
+        kind: FailureKind,
         error: String,
+        /// Whether the job runs again: false marks the final failure that resume keeps
+        /// (unless `--retry-failed`).
         retryable: bool,
         at: String,
     },
@@ -58,6 +93,17 @@ pub enum Record {
     Interrupted {
         at: String,
     },
+    /// `resume --allow-changed-sweep` with changed files: from here on the sweep is the
+    /// copy in `snapshot`.
+    SweepChanged {
+        snapshot: Snapshot,
+        source_hash: String,
+        at: String,
+    },
+}
+
+fn legacy_kind() -> FailureKind {
+    FailureKind::EngineError
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +114,9 @@ pub enum JournalError {
     Corrupt { path: String, line: usize, error: String },
     #[error("{0} has no journal header")]
     NoHeader(String),
-    #[error("{path} is journal version {found}; this llem reads version {JOURNAL_VERSION}")]
+    #[error(
+        "{path} is journal version {found}; this llem reads versions {OLDEST_JOURNAL_VERSION} to {JOURNAL_VERSION}"
+    )]
     Version { path: String, found: u32 },
 }
 
@@ -123,11 +171,23 @@ pub struct Replay {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Finished { attempt: u32 },
-    Failed { attempt: u32 },
+    Failed { attempt: u32, kind: FailureKind },
     Skipped,
 }
 
 impl Replay {
+    /// The sweep as it now stands: the last change's copy, else the header's.
+    pub fn current_sweep(&self) -> (Option<&Snapshot>, &str) {
+        let changed = self.records.iter().rev().find_map(|r| match r {
+            Record::SweepChanged { snapshot, source_hash, .. } => Some((snapshot, source_hash.as_str())),
+            _ => None,
+        });
+        match changed {
+            Some((snapshot, hash)) => (Some(snapshot), hash),
+            None => (self.header.snapshot.as_ref(), self.header.source_hash.as_str()),
+        }
+    }
+
     /// Job id → outcome, and the highest attempt number seen per job.
     pub fn outcomes(&self) -> (BTreeMap<String, Outcome>, BTreeMap<String, u32>) {
         let mut outcomes = BTreeMap::new();
@@ -142,10 +202,10 @@ impl Replay {
                 Record::Finished { job, attempt, .. } => {
                     outcomes.insert(job.clone(), Outcome::Finished { attempt: *attempt });
                 }
-                Record::Failed { job, attempt, retryable: false, .. }
+                Record::Failed { job, attempt, kind, retryable: false, .. }
                     if !matches!(outcomes.get(job), Some(Outcome::Finished { .. })) =>
                 {
-                    outcomes.insert(job.clone(), Outcome::Failed { attempt: *attempt });
+                    outcomes.insert(job.clone(), Outcome::Failed { attempt: *attempt, kind: *kind });
                 }
                 Record::Skipped { job, .. } if !matches!(outcomes.get(job), Some(Outcome::Finished { .. })) => {
                     outcomes.insert(job.clone(), Outcome::Skipped);
@@ -170,7 +230,7 @@ pub fn replay(path: &Path) -> Result<Replay, JournalError> {
         .get("llem_journal")
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| JournalError::NoHeader(name.clone()))?;
-    if found != u64::from(JOURNAL_VERSION) {
+    if !(u64::from(OLDEST_JOURNAL_VERSION)..=u64::from(JOURNAL_VERSION)).contains(&found) {
         return Err(JournalError::Version { path: name, found: found as u32 });
     }
     let header: Header = serde_json::from_value(probe).map_err(|e| JournalError::Corrupt {
@@ -198,11 +258,18 @@ mod tests {
 
     fn header() -> Header {
         Header {
-            llem_journal: 1,
+            llem_journal: JOURNAL_VERSION,
             sweep: "s".into(),
-            sweep_file: "s.yaml".into(),
+            sweep_file: "/w/s.yaml".into(),
             source_hash: "h".into(),
             created_at: "t".into(),
+            snapshot: Some(Snapshot {
+                dir: "sweep".into(),
+                top: "s.yaml".into(),
+                original_root: "/w".into(),
+                original_file: "/w/s.yaml".into(),
+            }),
+            working_dir: Some("/w".into()),
         }
     }
 
@@ -217,6 +284,7 @@ mod tests {
         j.append(&Record::Failed {
             job: "a-c1".into(),
             attempt: 1,
+            kind: FailureKind::LostConnection,
             error: "crash".into(),
             retryable: true,
             at: "t".into(),
@@ -240,6 +308,40 @@ mod tests {
         bad.push_str("\nnot json\n{\"event\":\"interrupted\",\"at\":\"t\"}\n");
         std::fs::write(&path, bad).expect("write");
         assert!(matches!(replay(&path), Err(JournalError::Corrupt { line: 4, .. })));
+    }
+
+    #[test]
+    fn a_version_1_journal_keeps_loading() {
+        // Written by the release before version 2 (checked in; never regenerated).
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/journal-v1.jsonl");
+        let r = replay(&path).expect("a v1 journal replays");
+        assert_eq!(r.header.llem_journal, 1);
+        assert_eq!(r.current_sweep(), (None, r.header.source_hash.as_str()), "no copy: the original file is used");
+        let (outcomes, attempts) = r.outcomes();
+        assert_eq!(outcomes.get("87cf823bcd68f0b7-c1"), Some(&Outcome::Finished { attempt: 1 }));
+        assert_eq!(
+            outcomes.get("83e9a68b00bc98eb-c1"),
+            Some(&Outcome::Failed { attempt: 2, kind: FailureKind::EngineError }),
+            "a v1 failure has no kind: read as an engine error"
+        );
+        assert_eq!(attempts.get("83e9a68b00bc98eb-c1"), Some(&2));
+    }
+
+    #[test]
+    fn a_changed_sweep_becomes_the_current_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("journal.jsonl");
+        let mut j = Journal::create(&path, &header()).expect("create");
+        let next = Snapshot {
+            dir: "sweep-2".into(),
+            top: "s.yaml".into(),
+            original_root: "/w".into(),
+            original_file: "/w/s2.yaml".into(),
+        };
+        j.append(&Record::SweepChanged { snapshot: next.clone(), source_hash: "h2".into(), at: "t".into() })
+            .expect("append");
+        let r = replay(&path).expect("replay");
+        assert_eq!(r.current_sweep(), (Some(&next), "h2"));
     }
 
     #[test]

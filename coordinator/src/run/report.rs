@@ -16,7 +16,9 @@ use parquet::file::reader::SerializedFileReader;
 use parquet::record::Field;
 
 use super::results::{mean_ci, Row};
-use super::{attempt_dir, write_atomic};
+use llem_common::util::write_atomic;
+
+use super::rundir::attempt_dir;
 
 const W: f64 = 720.0;
 const H: f64 = 300.0;

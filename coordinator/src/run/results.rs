@@ -17,7 +17,9 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
 use super::journal::{replay, Outcome};
-use super::{attempt_dir, write_atomic};
+use llem_common::util::write_atomic;
+
+use super::rundir::attempt_dir;
 use crate::expand::{point_display, point_spec};
 use crate::plan::Plan;
 

@@ -11,11 +11,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
-use sha2::{Digest, Sha256};
-
-use crate::sweep::{NodeSpec, Transport};
+use super::connect::{agent_binary, ConnectError, ConnectOptions, Connector, OpenRequest, Session};
+use super::deploy::{self, KEEP_BUILDS};
+use super::session::ChildSession;
+use crate::sweep::SshNode;
 
 /// Seconds to wait for a connection before calling a node unreachable.
 pub const CONNECT_TIMEOUT_S: u32 = 10;
@@ -26,79 +28,51 @@ pub const KEEPALIVE_COUNT: u32 = 3;
 /// unreachable after the last is lost for the rest of the run (about 15 s plus the
 /// connection timeouts).
 pub const RECONNECT_BACKOFF_S: [f64; 4] = [1.0, 2.0, 4.0, 8.0];
-
-/// Why ssh could not reach a node.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The node's host key is unknown or changed: retrying cannot help.
-    #[error("{0}")]
-    HostKey(String),
-    /// Anything else (refused, timed out, authentication): may pass.
-    #[error("{0}")]
-    Unreachable(String),
-}
-
-/// The short content hash that names an agent build on the nodes. Computed once per
-/// process and binary: the agent is ~100 MB, and every node asks.
-fn build_hash(agent: &Path) -> Result<String> {
-    static HASHES: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
-    let mut known = HASHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((_, hash)) = known.iter().find(|(p, _)| p == agent) {
-        return Ok(hash.clone());
-    }
-    let mut file = std::fs::File::open(agent).with_context(|| format!("read {}", agent.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf).with_context(|| format!("read {}", agent.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let hash: String = hasher.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
-    known.push((agent.to_owned(), hash.clone()));
-    Ok(hash)
-}
+/// Where builds live on a node.
+const BIN_DIR: &str = "~/.cache/llem/bin";
 
 /// How to reach one node.
 #[derive(Debug, Clone)]
 pub struct SshTarget {
     pub name: String,
-    host: String,
-    port: u16,
-    user: Option<String>,
-    identity: Option<String>,
-    known_hosts: Option<String>,
+    node: SshNode,
     control_dir: PathBuf,
     accept_new: bool,
 }
 
-fn expand_home(p: &str) -> String {
-    match (p.strip_prefix("~/"), std::env::var("HOME")) {
-        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
-        _ => p.to_owned(),
-    }
-}
-
 impl SshTarget {
-    pub fn for_node(node: &NodeSpec, control_dir: &Path, accept_new: bool) -> Option<SshTarget> {
-        let Transport::Ssh { host, port, user, identity_file, known_hosts } = &node.transport else { return None };
-        Some(SshTarget {
-            name: node.name.clone(),
-            host: host.clone(),
-            port: *port,
-            user: user.clone(),
-            identity: identity_file.as_deref().map(expand_home),
-            known_hosts: known_hosts.as_deref().map(expand_home),
-            control_dir: control_dir.to_owned(),
-            accept_new,
-        })
+    pub fn new(name: &str, node: &SshNode, control_dir: &Path, accept_new: bool) -> SshTarget {
+        SshTarget { name: name.to_owned(), node: node.clone(), control_dir: control_dir.to_owned(), accept_new }
+    }
+
+    /// The node as messages name it: `host`, or `host:port` when the sweep sets a port.
+    fn address(&self) -> String {
+        match self.node.port {
+            Some(p) => format!("{}:{p}", self.node.host),
+            None => self.node.host.clone(),
+        }
+    }
+
+    /// The options every ssh call shares: only what the sweep sets, so an alias's
+    /// `Port`, `User`, `ProxyJump` … from the SSH configuration apply.
+    fn base(&self) -> Command {
+        let mut c = Command::new("ssh");
+        if let Some(config) = &self.node.ssh_config {
+            c.arg("-F").arg(config);
+        }
+        c.arg("-o").arg(format!("ControlPath={}/%C", self.control_dir.display()));
+        if let Some(p) = self.node.port {
+            c.arg("-p").arg(p.to_string());
+        }
+        if let Some(u) = &self.node.user {
+            c.arg("-l").arg(u);
+        }
+        c
     }
 
     /// `ssh` with every option set; the remote command follows `--`.
     fn ssh(&self) -> Command {
-        let mut c = Command::new("ssh");
+        let mut c = self.base();
         c.arg("-T");
         let strict = if self.accept_new { "accept-new" } else { "yes" };
         for o in [
@@ -108,116 +82,118 @@ impl SshTarget {
             format!("ServerAliveInterval={KEEPALIVE_INTERVAL_S}"),
             format!("ServerAliveCountMax={KEEPALIVE_COUNT}"),
             "ControlMaster=auto".to_owned(),
-            format!("ControlPath={}/%C", self.control_dir.display()),
             "ControlPersist=120".to_owned(),
             "LogLevel=ERROR".to_owned(),
         ] {
             c.arg("-o").arg(o);
         }
-        if let Some(k) = &self.known_hosts {
-            c.arg("-o").arg(format!("UserKnownHostsFile={k}"));
+        if let Some(k) = &self.node.known_hosts {
+            c.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
         }
-        c.arg("-p").arg(self.port.to_string());
-        if let Some(i) = &self.identity {
+        if let Some(i) = &self.node.identity_file {
             c.arg("-i").arg(i);
         }
-        if let Some(u) = &self.user {
-            c.arg("-l").arg(u);
-        }
-        c.arg(&self.host).arg("--");
+        c.arg(&self.node.host).arg("--");
         c
     }
 
     /// Runs a fixed remote command (our constants only), optionally feeding stdin.
-    fn run(&self, remote: &str, stdin: Option<&[u8]>) -> Result<Output> {
-        std::fs::create_dir_all(&self.control_dir)?;
+    fn run(&self, remote: &str, stdin: Option<&[u8]>) -> Result<Output, ConnectError> {
+        let unreachable = |e: std::io::Error, what: &str| ConnectError::Unreachable(format!("{what}: {e}"));
+        std::fs::create_dir_all(&self.control_dir)
+            .map_err(|e| unreachable(e, "cannot create the control directory"))?;
         let mut c = self.ssh();
         c.arg(remote)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = c.spawn().context("start ssh (is the OpenSSH client installed?)")?;
+        let mut child = c
+            .spawn()
+            .map_err(|e| ConnectError::Refused(format!("cannot start ssh (is the OpenSSH client installed?): {e}")))?;
         if let (Some(bytes), Some(mut input)) = (stdin, child.stdin.take()) {
-            input.write_all(bytes).context("send to ssh")?;
+            // A write that fails means ssh ended: its status and stderr say why.
+            let _ = input.write_all(bytes);
         }
-        let out = child.wait_with_output().context("wait for ssh")?;
+        let out = child.wait_with_output().map_err(|e| unreachable(e, "cannot wait for ssh"))?;
         if out.status.code() == Some(255) {
-            return Err(self.connection_error(&String::from_utf8_lossy(&out.stderr)).into());
+            return Err(self.connection_error(&String::from_utf8_lossy(&out.stderr)));
         }
         Ok(out)
     }
 
+    /// `ssh -G`: the host name and port ssh will use for this node, its configuration
+    /// applied.
+    fn resolved(&self) -> Option<(String, String)> {
+        let mut c = self.base();
+        let out = c.arg("-G").arg(&self.node.host).stderr(Stdio::null()).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = |key: &str| text.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()));
+        Some((value("hostname ")?, value("port ")?))
+    }
+
     /// Turns ssh's complaint into a message that says what to do.
     fn connection_error(&self, stderr: &str) -> ConnectError {
-        let known = self.known_hosts.clone().unwrap_or_else(|| "~/.ssh/known_hosts".to_owned());
+        let known =
+            self.node.known_hosts.as_ref().map_or_else(|| "~/.ssh/known_hosts".to_owned(), |k| k.display().to_string());
+        let (host, port) = self.resolved().unwrap_or_else(|| (self.node.host.clone(), "22".to_owned()));
+        let key = if port == "22" { host.clone() } else { format!("[{host}]:{port}") };
         if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-            return ConnectError::HostKey(format!(
-                "the host key of {} ({}:{}) has changed: refused (it may be a man-in-the-middle). If the change is expected, remove the old key with `ssh-keygen -R '[{}]:{}' -f {known}` and check the new one",
-                self.name, self.host, self.port, self.host, self.port
+            return ConnectError::Refused(format!(
+                "the host key of {} ({}) has changed: refused (it may be a man-in-the-middle). If the change is expected, remove the old key with `ssh-keygen -R '{key}' -f {known}` and check the new one",
+                self.name,
+                self.address()
             ));
         }
         if stderr.contains("Host key verification failed") || stderr.contains("No ED25519 host key is known") {
-            return ConnectError::HostKey(format!(
-                "the host key of {} ({}:{}) is not in {known}: refused. Its fingerprint is {}. If that is the host, add it (ssh-keyscan -p {} {} >> {known}) or run again with --accept-new-host-keys",
+            return ConnectError::Refused(format!(
+                "the host key of {} ({}) is not in {known}: refused. Its fingerprint is {}. If that is the host, add it (ssh-keyscan -p {port} {host} >> {known}) or run again with --accept-new-host-keys",
                 self.name,
-                self.host,
-                self.port,
-                self.fingerprint().unwrap_or_else(|| "unknown (ssh-keyscan failed)".to_owned()),
-                self.port,
-                self.host
+                self.address(),
+                fingerprint(&host, &port).unwrap_or_else(|| "unknown (ssh-keyscan failed)".to_owned()),
             ));
         }
-        ConnectError::Unreachable(format!(
-            "cannot reach {} ({}:{}): {}",
-            self.name,
-            self.host,
-            self.port,
-            stderr.trim()
-        ))
-    }
-
-    /// The server's host key fingerprint, as ssh-keyscan sees it.
-    fn fingerprint(&self) -> Option<String> {
-        let scan = Command::new("ssh-keyscan")
-            .args(["-t", "ed25519", "-p", &self.port.to_string(), &self.host])
-            .output()
-            .ok()?;
-        let mut keygen =
-            Command::new("ssh-keygen").args(["-lf", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().ok()?;
-        keygen.stdin.take()?.write_all(&scan.stdout).ok()?;
-        let out = keygen.wait_with_output().ok()?;
-        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).map(str::to_owned)
+        ConnectError::Unreachable(format!("cannot reach {} ({}): {}", self.name, self.address(), stderr.trim()))
     }
 
     /// Makes sure the node runs exactly our agent: the binary is stored under a path that
-    /// names its version and content hash, uploaded when missing (temp file, chmod,
-    /// rename). Returns the remote path.
-    pub fn deploy(&self, local_agent: &Path) -> Result<String> {
-        let hash = build_hash(local_agent)?;
-        let path = format!("~/.cache/llem/bin/llem-agent-{}-{hash}", env!("CARGO_PKG_VERSION"));
-        let check = self.run(&format!("test -x {path} && {path} --version"), None)?;
+    /// names its version and content hash, uploaded when missing (stripped, compressed
+    /// where the node has gzip; temp file, chmod, rename), and older builds are pruned.
+    /// Returns the remote path.
+    pub fn deploy(&self, local_agent: &Path) -> Result<String, ConnectError> {
+        let payload = deploy::payload(local_agent).map_err(|e| ConnectError::Refused(e.to_string()))?;
+        let path = format!("{BIN_DIR}/{}", payload.name);
+        // Touched: builds are kept newest first.
+        let check = self.run(&format!("test -x {path} && touch {path} && {path} --version"), None)?;
         if check.status.success() {
             return Ok(path);
         }
-        let arch = self.run("uname -m", None)?;
-        let remote_arch = String::from_utf8_lossy(&arch.stdout).trim().to_owned();
+        let info = self.run("uname -m; command -v gzip || true", None)?;
+        let info = String::from_utf8_lossy(&info.stdout).into_owned();
+        let mut lines = info.lines();
+        let remote_arch = lines.next().unwrap_or_default().trim().to_owned();
         if remote_arch != std::env::consts::ARCH {
-            bail!(
+            return Err(ConnectError::Refused(format!(
                 "{} is {remote_arch}, this llem-agent is {}: install llem-agent for {remote_arch} there",
                 self.name,
                 std::env::consts::ARCH
-            );
+            )));
         }
-        let bytes = std::fs::read(local_agent).with_context(|| format!("read {}", local_agent.display()))?;
-        let upload = self.run(
-            // The temp name carries the remote shell's pid: two coordinators deploying
-            // the same build at once never share (or rename away) each other's temp file.
-            &format!("mkdir -p ~/.cache/llem/bin && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv {path}.tmp.$$ {path} && {path} --version"),
-            Some(&bytes),
-        )?;
+        let gzip = lines.next().is_some_and(|l| !l.trim().is_empty());
+        let (unpack, bytes) = if gzip { ("gzip -dc", &payload.gzip) } else { ("cat", &payload.stripped) };
+        // The temp name carries the remote shell's pid: two coordinators deploying the
+        // same build at once never share (or rename away) each other's temp file.
+        let install = format!(
+            "mkdir -p {BIN_DIR} && {unpack} > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv {path}.tmp.$$ {path} && {path} --version && {path} prune-builds --keep {KEEP_BUILDS}"
+        );
+        let upload = self.run(&install, Some(bytes))?;
         if !upload.status.success() {
-            bail!("failed to install llem-agent on {}: {}", self.name, String::from_utf8_lossy(&upload.stderr).trim());
+            return Err(ConnectError::Refused(format!(
+                "cannot install llem-agent on {}: {}",
+                self.name,
+                String::from_utf8_lossy(&upload.stderr).trim()
+            )));
         }
+        tracing::info!("installed {} on {} ({} bytes sent)", payload.name, self.name, bytes.len());
         Ok(path)
     }
 
@@ -229,11 +205,11 @@ impl SshTarget {
     }
 
     /// Round-trip time of a command over the shared connection.
-    pub fn round_trip(&self) -> Result<std::time::Duration> {
+    pub fn round_trip(&self) -> Result<Duration, ConnectError> {
         let start = std::time::Instant::now();
         let out = self.run("true", None)?;
         if !out.status.success() {
-            bail!("`true` failed on {}", self.name);
+            return Err(ConnectError::Unreachable(format!("`true` failed on {}", self.name)));
         }
         Ok(start.elapsed())
     }
@@ -241,48 +217,82 @@ impl SshTarget {
     /// Tries to reach the node again after its connection dropped: a try after each delay
     /// of [`RECONNECT_BACKOFF_S`]. A fresh master connection replaces the dead one (ssh
     /// removes a stale control socket itself). Err: the last reason, once every try
-    /// failed, or at once when the host key is refused (waiting cannot fix that).
-    pub fn reconnect(&self) -> std::result::Result<(), String> {
-        let mut last = String::new();
+    /// failed, or at once when retrying cannot help (a refused host key).
+    pub fn reconnect(&self) -> Result<(), ConnectError> {
+        let mut last = ConnectError::Unreachable(format!("{} did not answer", self.name));
         for delay in RECONNECT_BACKOFF_S {
-            std::thread::sleep(std::time::Duration::from_secs_f64(delay));
+            std::thread::sleep(Duration::from_secs_f64(delay));
             match self.round_trip() {
                 Ok(_) => return Ok(()),
+                Err(e) if e.is_final() => return Err(e),
                 Err(e) => {
-                    last = format!("{e:#}");
-                    if matches!(e.downcast_ref::<ConnectError>(), Some(ConnectError::HostKey(_))) {
-                        break;
-                    }
-                    tracing::info!("{} still unreachable: {last}", self.name);
+                    tracing::info!("{} still unreachable: {e}", self.name);
+                    last = e;
                 }
             }
         }
         Err(last)
     }
 
-    /// `llem-agent probe --json` on the node.
-    pub fn probe(&self, remote_agent: &str) -> Result<serde_json::Value> {
-        let out = self.run(&format!("{remote_agent} probe --json"), None)?;
-        if !out.status.success() {
-            bail!("probe failed on {}: {}", self.name, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        serde_json::from_slice(&out.stdout).context("read the probe")
-    }
-
     /// Closes the shared connection.
     pub fn close(&self) {
-        let mut c = Command::new("ssh");
-        c.args([
-            "-o",
-            &format!("ControlPath={}/%C", self.control_dir.display()),
-            "-O",
-            "exit",
-            "-p",
-            &self.port.to_string(),
-        ]);
-        if let Some(u) = &self.user {
-            c.arg("-l").arg(u);
+        let mut c = self.base();
+        let _ = c.args(["-O", "exit"]).arg(&self.node.host).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// A host key's fingerprint, as ssh-keyscan sees it.
+fn fingerprint(host: &str, port: &str) -> Option<String> {
+    let scan = Command::new("ssh-keyscan").args(["-t", "ed25519", "-p", port, host]).output().ok()?;
+    let mut keygen =
+        Command::new("ssh-keygen").args(["-lf", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().ok()?;
+    keygen.stdin.take()?.write_all(&scan.stdout).ok()?;
+    let out = keygen.wait_with_output().ok()?;
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// The SSH transport: sessions are `ssh` children over one master connection per node.
+#[derive(Debug)]
+pub struct SshConnector {
+    target: SshTarget,
+    /// The deployed agent's path, once checked (cleared when the node comes back: it may
+    /// have been reinstalled meanwhile). The lock makes the slots of a node deploy once.
+    deployed: Mutex<Option<String>>,
+}
+
+impl SshConnector {
+    pub fn new(name: &str, node: &SshNode, options: &ConnectOptions) -> Self {
+        let target = SshTarget::new(name, node, &options.control_dir, options.accept_new_host_keys);
+        SshConnector { target, deployed: Mutex::new(None) }
+    }
+}
+
+impl Connector for SshConnector {
+    fn deploy(&self) -> Result<String, ConnectError> {
+        let mut deployed = self.deployed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(path) = deployed.as_ref() {
+            return Ok(path.clone());
         }
-        let _ = c.arg(&self.host).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let path = self.target.deploy(&agent_binary())?;
+        *deployed = Some(path.clone());
+        Ok(path)
+    }
+
+    fn open(&self, request: OpenRequest) -> Result<Box<dyn Session>, ConnectError> {
+        let remote = self.deploy()?;
+        Ok(Box::new(ChildSession::start(self.target.agent_command(&remote), &request)?))
+    }
+
+    fn reconnect(&self) -> Result<(), ConnectError> {
+        *self.deployed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.target.reconnect()
+    }
+
+    fn round_trip(&self) -> Result<Duration, ConnectError> {
+        self.target.round_trip()
+    }
+
+    fn close(&self) {
+        self.target.close();
     }
 }

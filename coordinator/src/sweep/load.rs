@@ -10,24 +10,33 @@ use llem_common::diag::{did_you_mean, Diagnostic};
 use llem_common::spec::fields::{self, Kind};
 use llem_common::spec::raw::RawExperiment;
 use llem_common::yaml::{self, Node, SourceId, Sources, Span, Value};
-use sha2::{Digest, Sha256};
 
-use super::raw::{RawExecution, RawMeta, RawNode, SWEEP_KEYS};
-use super::{Axis, Exclude, Execution, NodeSpec, Order, Patch, Sweep, SweepError, Transport};
+use super::files::{CopyOf, Files};
+use super::raw::{RawExecution, RawMeta, SWEEP_KEYS};
+use super::{Axis, Exclude, Execution, NodeSpec, Order, Patch, Sweep, SweepError};
 
 /// Default number of repetitions of every configuration.
 pub const DEFAULT_CYCLES: u32 = 3;
 /// Default number of retries of a crashed job.
 pub const DEFAULT_RETRIES: u32 = 1;
-const DEFAULT_SSH_PORT: u16 = 22;
 
 /// Reads and validates the sweep at `path`.
 pub fn load(path: &Path) -> Result<Sweep, SweepError> {
+    load_with(path, None)
+}
+
+/// Reads a run directory's copy of a sweep: `top` in the copy at `copy.copy_root`.
+/// References between the files stay in the copy; paths for use outside the sweep (SSH
+/// keys, known_hosts) mean what they meant beside the originals.
+pub fn load_copy(top: &Path, copy: CopyOf) -> Result<Sweep, SweepError> {
+    load_with(top, Some(copy))
+}
+
+fn load_with(path: &Path, copy: Option<CopyOf>) -> Result<Sweep, SweepError> {
     let mut loader =
-        Loader { sources: Sources::default(), errors: Vec::new(), warnings: Vec::new(), hasher: Sha256::new() };
+        Loader { sources: Sources::default(), errors: Vec::new(), warnings: Vec::new(), files: Files::new(copy) };
     let mut chain = Vec::new();
     let layer = loader.layer(path, &mut chain, None);
-    let source_hash = hex(&loader.hasher.clone().finalize());
     let Some(layer) = layer else {
         return Err(SweepError { sources: loader.sources, diagnostics: loader.errors });
     };
@@ -48,11 +57,15 @@ pub fn load(path: &Path) -> Result<Sweep, SweepError> {
     if !loader.errors.is_empty() {
         return Err(SweepError { sources: loader.sources, diagnostics: loader.errors });
     }
+    let (files, root, source_hash, legacy_source_hash) = loader.files.finish();
     Ok(Sweep {
         name,
         path: path.to_owned(),
         sources: loader.sources,
+        files,
+        root,
         source_hash,
+        legacy_source_hash,
         fixed: layer.fixed,
         fixed_span: layer.fixed_span,
         axes: layer.axes,
@@ -76,15 +89,11 @@ struct Layer {
     nodes: Option<Vec<NodeSpec>>,
 }
 
-struct Loader {
-    sources: Sources,
-    errors: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
-    hasher: Sha256,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub(super) struct Loader {
+    pub(super) sources: Sources,
+    pub(super) errors: Vec<Diagnostic>,
+    pub(super) warnings: Vec<Diagnostic>,
+    pub(super) files: Files,
 }
 
 fn map_node(span: Span, entries: Vec<(Node, Node)>) -> Node {
@@ -136,11 +145,11 @@ fn unknown_path(path: &str, span: Span) -> Diagnostic {
 }
 
 impl Loader {
-    fn read(&mut self, path: &Path, from: Option<Span>) -> Option<(SourceId, Node)> {
+    pub(super) fn read(&mut self, path: &Path, from: Option<Span>) -> Option<(SourceId, Node)> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) => {
-                let message = format!("failed to read `{}`: {err}", path.display());
+                let message = format!("cannot read `{}`: {err}", path.display());
                 self.errors.push(match from {
                     Some(span) => Diagnostic::at(span, message),
                     None => Diagnostic::nowhere(message),
@@ -148,10 +157,7 @@ impl Loader {
                 return None;
             }
         };
-        self.hasher.update(path.to_string_lossy().as_bytes());
-        self.hasher.update([0]);
-        self.hasher.update(text.as_bytes());
-        self.hasher.update([0]);
+        self.files.record(path, &text);
         let id = self.sources.add(path.display().to_string(), text.as_str());
         match yaml::parse(id, &text) {
             Ok(node) => Some((id, node)),
@@ -210,7 +216,7 @@ impl Loader {
         let Some(base) = meta.base else {
             return Some(layer);
         };
-        let base_path = path.parent().unwrap_or(Path::new("")).join(&base.value);
+        let base_path = self.files.resolve(path, &base.value);
         let canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
         chain.push(path.canonicalize().unwrap_or_else(|_| path.to_owned()));
         if chain.contains(&canonical) {
@@ -244,7 +250,7 @@ impl Loader {
         Some(merged)
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&mut self, node: &Node, path: &str) -> Option<T> {
+    pub(super) fn decode<T: serde::de::DeserializeOwned>(&mut self, node: &Node, path: &str) -> Option<T> {
         match from_node(node, path) {
             Ok(v) => Some(v),
             Err(mut errors) => {
@@ -404,94 +410,6 @@ impl Loader {
         out
     }
 
-    fn nodes(
-        &mut self,
-        file: &Path,
-        inline: Option<&Node>,
-        nodes_file: Option<&Spanned<String>>,
-    ) -> Option<Vec<NodeSpec>> {
-        let from_file;
-        let node = match (inline, nodes_file) {
-            (Some(_), Some(f)) => {
-                self.errors.push(Diagnostic::at(f.span, "give either `nodes:` or `nodes_file:`, not both"));
-                return None;
-            }
-            (Some(node), None) => node,
-            (None, Some(f)) => {
-                let path = file.parent().unwrap_or(Path::new("")).join(&f.value);
-                from_file = self.read(&path, Some(f.span))?.1;
-                &from_file
-            }
-            (None, None) => return None,
-        };
-        match &node.value {
-            Value::Null => Some(vec![NodeSpec::local()]),
-            Value::Scalar { text, .. } if text == "local" => Some(vec![NodeSpec::local()]),
-            Value::Seq(items) if items.is_empty() => {
-                self.errors.push(
-                    Diagnostic::at(node.span, "`nodes` is an empty list")
-                        .with_help("write `nodes: local`, or list the nodes"),
-                );
-                None
-            }
-            Value::Seq(_) => {
-                let raw: Vec<RawNode> = self.decode(node, "nodes")?;
-                let mut out: Vec<NodeSpec> = Vec::new();
-                for (i, n) in raw.into_iter().enumerate() {
-                    let Some(spec) = self.node(&node_item_span(node, i), n) else {
-                        continue;
-                    };
-                    if out.iter().any(|o| o.name == spec.name) {
-                        self.errors.push(
-                            Diagnostic::at(node_item_span(node, i), format!("two nodes are named `{}`", spec.name))
-                                .with_help("give each node its own `name:`"),
-                        );
-                        continue;
-                    }
-                    out.push(spec);
-                }
-                Some(out)
-            }
-            _ => {
-                self.errors.push(Diagnostic::at(
-                    node.span,
-                    format!("`nodes` must be `local` or a list of nodes, found {}", node.value.describe()),
-                ));
-                None
-            }
-        }
-    }
-
-    fn node(&mut self, span: &Span, raw: RawNode) -> Option<NodeSpec> {
-        let Some(host) = raw.host.map(|h| h.value).filter(|h| !h.is_empty()) else {
-            self.errors.push(
-                Diagnostic::at(*span, "a node needs `host:`")
-                    .with_help("e.g. `- {name: gpu1, host: gpu1.example.org, gpus: 8}`"),
-            );
-            return None;
-        };
-        let port = match raw.port {
-            Some(p) if p.value == 0 => {
-                self.errors.push(Diagnostic::at(p.span, "`port` must be between 1 and 65535"));
-                return None;
-            }
-            Some(p) => p.value,
-            None => DEFAULT_SSH_PORT,
-        };
-        Some(NodeSpec {
-            name: raw.name.map_or_else(|| host.clone(), |n| n.value),
-            transport: Transport::Ssh {
-                host,
-                port,
-                user: raw.user.map(|u| u.value),
-                identity_file: raw.identity_file.map(|u| u.value),
-                known_hosts: raw.known_hosts.map(|u| u.value),
-            },
-            gpus: raw.gpus.map(|g| g.value),
-            labels: raw.labels.unwrap_or_default().into_iter().map(|(k, v)| (k, v.value)).collect(),
-        })
-    }
-
     fn execution(&mut self, raw: &RawExecution, axes: &[Axis]) -> Execution {
         let cycles = raw.cycles.as_ref().map_or(DEFAULT_CYCLES, |c| c.value);
         if let Some(c) = raw.cycles.as_ref().filter(|c| c.value == 0) {
@@ -552,13 +470,6 @@ impl Loader {
             retries: raw.retries.as_ref().map_or(DEFAULT_RETRIES, |r| r.value),
             monotone,
         }
-    }
-}
-
-fn node_item_span(list: &Node, i: usize) -> Span {
-    match &list.value {
-        Value::Seq(items) => items.get(i).map_or(list.span, |n| n.span),
-        _ => list.span,
     }
 }
 

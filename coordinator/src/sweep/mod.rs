@@ -10,22 +10,34 @@ use llem_common::spec::raw::RawExperiment;
 use llem_common::yaml::{Sources, Span};
 use serde::{Deserialize, Serialize};
 
+mod files;
 mod load;
+mod nodes;
 mod raw;
 
-pub use load::{describe_labels, load, DEFAULT_CYCLES, DEFAULT_RETRIES};
+pub use files::{absolute, CopyOf};
+pub use load::{describe_labels, load, load_copy, DEFAULT_CYCLES, DEFAULT_RETRIES};
 
 /// A validated sweep.
 #[derive(Debug, Clone)]
 pub struct Sweep {
     /// `name:` or the file's stem; names the run directory.
     pub name: String,
+    /// The file it was loaded from.
     pub path: PathBuf,
     /// Every file read, for messages.
     pub sources: Sources,
-    /// sha256 over the texts of every file read (the sweep, its bases, its nodes file):
-    /// resume refuses to continue when it changes.
+    /// Every file read (the sweep, its bases, its nodes files), in reading order: a run
+    /// directory keeps a copy of each, laid out as they are under [`Sweep::root`].
+    pub files: Vec<SweepFile>,
+    /// The deepest directory that holds every file read.
+    pub root: PathBuf,
+    /// sha256 over every file read, each named by its path under [`Sweep::root`]: the same
+    /// for the originals and for a run directory's copy; resume refuses to continue when
+    /// it changes.
     pub source_hash: String,
+    /// The hash run directories of journal version 1 recorded (paths as typed).
+    pub legacy_source_hash: String,
     /// The fields every point starts from (the `base:` chain merged, then this file).
     pub fixed: RawExperiment,
     /// Where the fixed fields were written (the file's top level).
@@ -38,6 +50,14 @@ pub struct Sweep {
     pub nodes: Vec<NodeSpec>,
     /// Problems that do not stop the sweep (shown by `validate` and `plan`).
     pub warnings: Vec<Diagnostic>,
+}
+
+/// A file a sweep was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepFile {
+    /// Absolute, symbolic links resolved.
+    pub path: PathBuf,
+    pub text: String,
 }
 
 /// One `sweep:` key and its values.
@@ -117,7 +137,24 @@ pub enum Transport {
     /// The agent is a child process of the coordinator.
     Local,
     /// The agent is started over SSH.
-    Ssh { host: String, port: u16, user: Option<String>, identity_file: Option<String>, known_hosts: Option<String> },
+    Ssh(SshNode),
+}
+
+/// An SSH node as the sweep gives it. What is unset is left to `ssh` and the user's
+/// `~/.ssh/config` (or the node's own `ssh_config`): an alias's `Port`, `User`,
+/// `ProxyJump` then apply as they do for `ssh HOST`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SshNode {
+    /// A host name, address or `~/.ssh/config` alias.
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// Paths below are absolute (`~` expanded, relative ones resolved against the file
+    /// that names them).
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    /// An OpenSSH client configuration used instead of `~/.ssh/config` (`ssh -F`).
+    pub ssh_config: Option<PathBuf>,
 }
 
 impl NodeSpec {

@@ -62,6 +62,7 @@ pub struct RawNode {
     pub user: S<String>,
     pub identity_file: S<String>,
     pub known_hosts: S<String>,
+    pub ssh_config: S<String>,
     pub gpus: S<u32>,
     pub labels: Option<BTreeMap<String, Spanned<String>>>,
 }

@@ -169,7 +169,7 @@ fn a_missing_explicit_sensor_is_an_error_naming_why() {
         let out = job.command("out").output().expect("run agent");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains(&format!("failed to open the energy sensor: {why}")), "{stderr}");
+        assert!(stderr.contains(&format!("error: cannot open the energy sensor: {why}")), "{stderr}");
         assert!(!job.path("out").join("result.json").exists());
     }
 }

@@ -80,7 +80,14 @@ fn a_sweep_runs_to_results_and_status() {
     check_complete(&run);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("8 of 8 jobs finished") && stdout.contains("not measured"), "{stdout}");
-    for f in ["sweep.yaml", "plan.json", "report/summary.md", "report/summary.csv", "report/index.html"] {
+    for f in [
+        "sweep/sweep.yaml",
+        "plan.json",
+        "probe/local.json",
+        "report/summary.md",
+        "report/summary.csv",
+        "report/index.html",
+    ] {
         assert!(run.join(f).exists(), "{f}");
     }
     // results.parquet opens unchanged in pandas, polars and DuckDB too.
@@ -300,7 +307,8 @@ fn failed_jobs_are_retried_then_kept_failed_until_retry_failed() {
     assert!(journal.contains("\"finished\",\"job\"") && journal.contains("\"attempt\":3"), "{journal}");
 }
 
-/// An agent that speaks the protocol but sends a file named to escape the run directory.
+/// An agent that speaks the protocol but sends files named to escape the run directory,
+/// then a manifest whose checksum is wrong; asked again, it sends the result alone.
 const ROGUE_AGENT: &str = r#"#!/usr/bin/env python3
 import json, struct, sys, hashlib, base64
 inp, out = sys.stdin.buffer, sys.stdout.buffer
@@ -319,14 +327,19 @@ send({"type": "outbox_resent", "count": 0})
 result = json.load(open(sys.argv[1]))
 while True:
     msg = read()
-    if msg["type"] == "run":
+    if msg["type"] == "probe":
+        send({"type": "probed", "report": {"node": result["node"], "energy_sources": []}})
+    elif msg["type"] == "run":
         data = b"escaped"
         for name in ["../../x", "/tmp/llem-rogue-abs", ".hidden"]:
-            send({"type": "artifact", "id": msg["id"], "name": name, "sha256": hashlib.sha256(data).hexdigest(), "base64": base64.b64encode(data).decode()})
-        send({"type": "artifact", "id": msg["id"], "name": "timeseries.parquet", "sha256": "0" * 64, "base64": base64.b64encode(data).decode()})
+            send({"type": "artifact_chunk", "id": msg["id"], "name": name, "offset": 0, "base64": base64.b64encode(data).decode()})
+        send({"type": "artifact_chunk", "id": msg["id"], "name": "timeseries.parquet", "offset": 0, "base64": base64.b64encode(data).decode()})
         result["job_id"] = msg["id"]["job_id"]
         result["spec"] = msg["spec"]
-        send({"type": "finished", "id": msg["id"], "result": result})
+        wrong = [{"name": "timeseries.parquet", "bytes": len(data), "sha256": "0" * 64}]
+        send({"type": "finished", "id": msg["id"], "result": result, "artifacts": wrong})
+    elif msg["type"] == "resend":
+        send({"type": "finished", "id": msg["id"], "result": result, "artifacts": []})
     elif msg["type"] == "shutdown":
         sys.exit(0)
 "#;

@@ -150,7 +150,7 @@ fn usage_errors_exit_2_and_help_teaches() {
     assert_eq!(out.status.code(), Some(BAD_INPUT));
     let out = llem(&root, &["validate", "does-not-exist.yaml"]);
     assert_eq!(out.status.code(), Some(BAD_INPUT));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to read `does-not-exist.yaml`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `does-not-exist.yaml`"));
     let help = llem(&root, &["plan", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("Examples:") && help.contains("--summary"), "{help}");

@@ -37,7 +37,29 @@ use tokenizer::{GgufTokenizer, JsonTokenizer, Tokenize};
 pub const SUPPORTED_GGUF: &[&str] = &["gemma3", "gemma", "llama", "qwen2", "qwen3", "phi3"];
 
 fn fail(context: &str) -> impl Fn(candle_core::Error) -> EngineError + '_ {
-    move |e| EngineError::Failed(format!("{context}: {e}"))
+    move |e| classify(context, &e)
+}
+
+/// The one place a candle error becomes a failure kind. candle's errors say "this came
+/// from CUDA" by type (`Error::Cuda`, possibly wrapped in context or a backtrace); the
+/// driver's code inside is only text (`CUDA_ERROR_OUT_OF_MEMORY`), read here and nowhere
+/// else. On the CPU, an allocation that fails aborts the process: the coordinator sees
+/// the agent end, and the attempt is retried as a lost connection.
+fn classify(context: &str, e: &candle_core::Error) -> EngineError {
+    fn from_cuda(e: &candle_core::Error) -> Option<&(dyn std::error::Error + Send + Sync)> {
+        match e {
+            candle_core::Error::Cuda(inner) => Some(inner.as_ref()),
+            candle_core::Error::WithBacktrace { inner, .. }
+            | candle_core::Error::Context { inner, .. }
+            | candle_core::Error::WithPath { inner, .. } => from_cuda(inner),
+            _ => None,
+        }
+    }
+    let message = format!("{context}: {e}");
+    match from_cuda(e) {
+        Some(cuda) if cuda.to_string().contains("CUDA_ERROR_OUT_OF_MEMORY") => EngineError::OutOfMemory(message),
+        _ => EngineError::Failed(message),
+    }
 }
 
 enum Model {
@@ -106,7 +128,7 @@ fn device_for(spec: &ExperimentSpec) -> Result<Device, EngineError> {
     match spec.device {
         spec::Device::Cpu => Ok(Device::Cpu),
         spec::Device::Cuda(i) => Device::new_cuda(i.unwrap_or(0) as usize).map_err(|e| {
-            EngineError::Failed(format!(
+            EngineError::BadJob(format!(
                 "cannot use {}: {e} (GPU runs need llem-agent built with `--features cuda`)",
                 spec.device
             ))
@@ -149,19 +171,19 @@ impl<'c> CandleEngine<'c> {
 
     fn load_gguf(&mut self, path: &Path) -> Result<Loaded, EngineError> {
         let mut file =
-            File::open(path).map_err(|e| EngineError::Failed(format!("failed to open {}: {e}", path.display())))?;
+            File::open(path).map_err(|e| EngineError::BadJob(format!("cannot open {}: {e}", path.display())))?;
         let ct = gguf_file::Content::read(&mut file).map_err(fail("read the GGUF header"))?;
         let arch =
             ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
         if arch != "phi3" && !decoder::GGUF_ARCHS.contains(&arch.as_str()) {
-            return Err(EngineError::Failed(format!(
+            return Err(EngineError::BadJob(format!(
                 "GGUF architecture `{arch}` is not supported; supported: {}",
                 SUPPORTED_GGUF.join(", ")
             )));
         }
         if self.spec.precision != Precision::Auto {
             // A GGUF's weights are what they are; casting them would measure another model.
-            return Err(EngineError::Failed(format!(
+            return Err(EngineError::BadJob(format!(
                 "`precision: {:?}` does not apply to a GGUF file: it runs at its own quantisation; use `precision: auto`",
                 self.spec.precision
             )
@@ -189,14 +211,14 @@ impl<'c> CandleEngine<'c> {
                 (Model::Decoder(Box::new(m)), Some(params))
             }
             other => {
-                return Err(EngineError::Failed(format!(
+                return Err(EngineError::BadJob(format!(
                     "GGUF architecture `{other}` is not supported; supported: {}",
                     SUPPORTED_GGUF.join(", ")
                 )))
             }
         };
         if self.spec.batch_size > 1 && !model.batches() {
-            return Err(EngineError::Failed(format!(
+            return Err(EngineError::BadJob(format!(
                 "batch_size {} needs batched attention, which llem's decoder does not implement for `{arch}`; run it with batch_size: 1",
                 self.spec.batch_size
             )));
@@ -216,7 +238,7 @@ impl<'c> CandleEngine<'c> {
         };
         let tokenizer_path = dir.join("tokenizer.json");
         if !tokenizer_path.exists() {
-            return Err(EngineError::Failed(format!("{} has no tokenizer.json", dir.display())));
+            return Err(EngineError::BadJob(format!("{} has no tokenizer.json", dir.display())));
         }
         let (model, eos) = decoder::Decoder::from_hf(dir, dtype, &self.device).map_err(fail("load the model"))?;
         let tokenizer =
@@ -361,7 +383,7 @@ impl Engine for CandleEngine<'_> {
     fn load(&mut self) -> Result<Loaded, EngineError> {
         let path = self.model_path();
         if !path.exists() {
-            return Err(EngineError::Failed(format!(
+            return Err(EngineError::BadJob(format!(
                 "model file {} not found (the demo model comes from scripts/fetch-demo-model)",
                 path.display()
             )));
@@ -425,7 +447,7 @@ impl Engine for CandleEngine<'_> {
                 let _ = writeln!(body, "{row}");
             }
             crate::fsutil::write_atomic(path, &body)
-                .map_err(|e| EngineError::Failed(format!("failed to write {}: {e}", path.display())))?;
+                .map_err(|e| EngineError::Failed(format!("cannot write {}: {e}", path.display())))?;
         }
         Ok(metrics)
     }
@@ -478,5 +500,23 @@ impl CandleEngine<'_> {
     /// Decodes ids with the loaded tokenizer.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.tokenizer.as_ref().map(|t| t.decode(ids)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")")]
+    struct DriverOom;
+
+    #[test]
+    fn a_cuda_allocation_failure_is_out_of_memory_and_nothing_else_is() {
+        let oom = candle_core::Error::Cuda(Box::new(DriverOom)).context("alloc 4 GiB");
+        assert!(matches!(classify("load the model", &oom), EngineError::OutOfMemory(_)));
+        // The same words outside a CUDA error (a message, a model name) decide nothing.
+        let text = candle_core::Error::Msg("tensor `out of memory` CUDA_ERROR_OUT_OF_MEMORY".to_owned());
+        assert!(matches!(classify("load the model", &text), EngineError::Failed(_)));
     }
 }

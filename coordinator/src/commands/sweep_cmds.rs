@@ -1,53 +1,19 @@
-//! What each subcommand does. Results go to stdout; diagnostics and logs to stderr.
+//! `llem validate` and `llem plan`: a sweep read, expanded and shown.
 
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
 
-use anyhow::Context as _;
 use llem_common::diag::{render_all, Diagnostic};
 use llem_common::spec::fields;
 use llem_common::yaml::Sources;
 use serde_json::json;
 
-use crate::cli::{Command, PlanArgs, ValidateArgs};
+use super::{load_plan_diagnostics, plan_or_report, print_warnings};
+use crate::cli::{PlanArgs, ValidateArgs};
+use crate::error::CommandError;
 use crate::exit;
 use crate::expand::{point_display, point_spec};
 use crate::plan::{Plan, Task};
-use crate::sweep::{self, Sweep};
-
-pub fn run(command: Command) -> anyhow::Result<u8> {
-    match command {
-        Command::Validate(args) => validate(&args),
-        Command::Plan(args) => plan(&args),
-        Command::Run(args) => crate::run_cmd::run(&args),
-        Command::Resume(args) => crate::run_cmd::resume(&args),
-        Command::Status(args) => crate::run_cmd::status(&args),
-        Command::Report(args) => crate::run_cmd::report(&args),
-        Command::Nodes(crate::cli::NodesCommand::Check(args)) => crate::run_cmd::nodes(&args, false),
-        Command::Nodes(crate::cli::NodesCommand::Deploy(args)) => crate::run_cmd::nodes(&args, true),
-    }
-}
-
-/// Loads, expands and graphs a sweep; on failure returns the problems to show.
-pub(crate) fn load_plan(path: &Path) -> Result<Plan, (Sources, Vec<Diagnostic>)> {
-    let sweep = sweep::load(path).map_err(|e| (e.sources, e.diagnostics))?;
-    let sources = sweep.sources.clone();
-    Plan::build(sweep).map_err(|d| (sources, d))
-}
-
-/// Loads a plan, or prints every problem and gives the bad-input exit code.
-pub(crate) fn plan_or_report(path: &Path) -> Result<Plan, u8> {
-    load_plan(path).map_err(|(sources, diagnostics)| {
-        eprint!("{}", render_all(&diagnostics, &sources));
-        exit::BAD_INPUT
-    })
-}
-
-pub(crate) fn print_warnings(plan: &Plan) {
-    for w in plan.sweep.warnings.iter().chain(&plan.expansion.warnings) {
-        eprint!("{}", w.render_as("warning", &plan.sweep.sources));
-    }
-}
+use crate::sweep::Sweep;
 
 fn diagnostic_json(d: &Diagnostic, sources: &Sources) -> serde_json::Value {
     let file = d.span.and_then(|s| sources.get(s.source)).map(|s| s.name.clone());
@@ -60,12 +26,12 @@ fn diagnostic_json(d: &Diagnostic, sources: &Sources) -> serde_json::Value {
     })
 }
 
-fn validate(args: &ValidateArgs) -> anyhow::Result<u8> {
+pub fn validate(args: &ValidateArgs) -> Result<u8, CommandError> {
     let mut failed = 0usize;
     let mut report = Vec::new();
     let mut out = io::stdout().lock();
     for file in &args.files {
-        match load_plan(file) {
+        match load_plan_diagnostics(file) {
             Ok(plan) => {
                 let c = &plan.expansion.counts;
                 if args.json {
@@ -109,11 +75,8 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<u8> {
     Ok(if failed > 0 { exit::BAD_INPUT } else { exit::OK })
 }
 
-fn plan(args: &PlanArgs) -> anyhow::Result<u8> {
-    let plan = match plan_or_report(&args.file) {
-        Ok(plan) => plan,
-        Err(code) => return Ok(code),
-    };
+pub fn plan(args: &PlanArgs) -> Result<u8, CommandError> {
+    let plan = plan_or_report(&args.file)?;
     print_warnings(&plan);
     let mut out = BufWriter::new(io::stdout().lock());
     match (args.json, args.summary) {
@@ -121,7 +84,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<u8> {
             serde_json::to_writer_pretty(&mut out, &summary_json(&plan))?;
             writeln!(out)?;
         }
-        (true, false) => write_json(&plan, &mut out).context("write the plan as JSON")?,
+        (true, false) => write_json(&plan, &mut out)?,
         (false, true) => write_summary(&plan, &mut out)?,
         (false, false) => {
             write_table(&plan, &mut out)?;
@@ -261,7 +224,7 @@ fn compact_json(value: &serde_json::Value) -> String {
 }
 
 /// Streams the plan as JSON (a million jobs never sit in memory as one value).
-fn write_json(plan: &Plan, out: &mut impl Write) -> anyhow::Result<()> {
+fn write_json(plan: &Plan, out: &mut impl Write) -> Result<(), CommandError> {
     let (sweep, exp) = (&plan.sweep, &plan.expansion);
     write!(out, "{{\"sweep\":")?;
     serde_json::to_writer(&mut *out, &sweep_json(sweep))?;

@@ -1,0 +1,56 @@
+//! What an agent reports about its node (`probe`) and about a model it was asked to
+//! prepare: the types both sides share, stored in the run directory as they arrive.
+
+use serde::{Deserialize, Serialize};
+
+use crate::result::NodeSnapshot;
+
+/// Whether an energy source can be used on the node, and why not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceStatus {
+    /// `nvml`, `rapl` or `none`.
+    pub name: String,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// `llem-agent probe`: the node and what it can measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeReport {
+    pub node: NodeSnapshot,
+    pub energy_sources: Vec<SourceStatus>,
+}
+
+impl ProbeReport {
+    /// Names of the energy sources that can be used.
+    pub fn available_sources(&self) -> Vec<&str> {
+        self.energy_sources.iter().filter(|s| s.available).map(|s| s.name.as_str()).collect()
+    }
+}
+
+/// A model's files as the agent found them before any job used them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelStatus {
+    /// Present and readable.
+    Ready {
+        /// The path as the agent resolved it.
+        path: String,
+        /// Total size of the model's files.
+        bytes: u64,
+        files: u32,
+        /// sha256 over each file's name, size, first and last MiB: fast on models of many
+        /// GB, and it changes when a file is replaced or cut short (not a full checksum).
+        fast_sha256: String,
+    },
+    /// Missing or unreadable: the jobs that need it cannot run on this node.
+    Unavailable { path: String, reason: String },
+}
+
+impl ModelStatus {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, ModelStatus::Ready { .. })
+    }
+}

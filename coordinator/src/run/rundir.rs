@@ -1,0 +1,186 @@
+//! The run directory: everything needed to report and resume a run, whatever the
+//! working directory and wherever the sweep's files went since (docs/results.md).
+//!
+//! ```text
+//! runs/<sweep>-<utc>/
+//!   sweep/             a copy of every file the sweep read, laid out as they were
+//!   plan.json  journal.jsonl  agents/<slot>.log
+//!   probe/<node>.json  prepare/<node>.json
+//!   jobs/<job-id>/attempt-<n>/{result.json, timeseries.parquet, …}
+//!   results.parquet  report/{index.html, summary.md, summary.csv, *.svg}
+//! ```
+//!
+//! Every file is written temp → fsync → rename.
+
+use std::path::{Path, PathBuf};
+
+use llem_common::util::{now_rfc3339, write_atomic};
+
+use super::journal::{self, Header, Journal, JournalError, Replay, Snapshot};
+use crate::expand::point_spec;
+use crate::plan::{Plan, Task};
+use crate::sweep::{self, CopyOf, Sweep, SweepError};
+
+/// Why a directory cannot be used as a run directory.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error("{path} is not a run directory (it has no journal.jsonl): give a directory that `llem run` made, like runs/<sweep>-<utc>")]
+    NotARunDir { path: String },
+    #[error("the journal of {path} cannot be read: {source}")]
+    Journal { path: String, source: JournalError },
+    #[error("cannot create the run directory {path}: {source}")]
+    Create { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// A run directory on disk.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
+    let fail = |source| RunDirError::Write { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    write_atomic(path, bytes).map_err(fail)
+}
+
+/// The directory of one attempt's files in the run directory at `run`.
+pub fn attempt_dir(run: &Path, job: &str, attempt: u32) -> PathBuf {
+    run.join("jobs").join(job).join(format!("attempt-{attempt}"))
+}
+
+/// A name made safe for a file name (node and slot names may hold `:` or `/`).
+pub fn file_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect()
+}
+
+impl RunDir {
+    /// Creates `<root>/<sweep>-<utc>` with the sweep's files, the plan and the journal.
+    pub fn create(plan: &Plan, root: &Path) -> Result<(RunDir, Journal), RunDirError> {
+        let stamp: String = now_rfc3339().chars().filter(|c| c.is_ascii_digit()).take(14).collect();
+        let mut path = root.join(format!("{}-{}", plan.sweep.name, stamp));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = root.join(format!("{}-{stamp}-{n}", plan.sweep.name));
+        }
+        std::fs::create_dir_all(&path)
+            .map_err(|source| RunDirError::Create { path: path.display().to_string(), source })?;
+        let run = RunDir { path };
+        let snapshot = run.keep_sweep(&plan.sweep, "sweep")?;
+        run.write_plan(plan)?;
+        let header = Header {
+            llem_journal: journal::JOURNAL_VERSION,
+            sweep: plan.sweep.name.clone(),
+            sweep_file: sweep::absolute(&plan.sweep.path).display().to_string(),
+            source_hash: plan.sweep.source_hash.clone(),
+            created_at: now_rfc3339(),
+            snapshot: Some(snapshot),
+            working_dir: std::env::current_dir().ok().map(|d| d.display().to_string()),
+        };
+        let journal_path = run.journal_path();
+        let journal = Journal::create(&journal_path, &header)
+            .map_err(|source| RunDirError::Journal { path: journal_path.display().to_string(), source })?;
+        Ok((run, journal))
+    }
+
+    /// An existing run directory and what its journal says.
+    pub fn open(path: &Path) -> Result<(RunDir, Replay), RunDirError> {
+        let run = RunDir { path: path.to_owned() };
+        let journal_path = run.journal_path();
+        if !journal_path.is_file() {
+            return Err(RunDirError::NotARunDir { path: path.display().to_string() });
+        }
+        let replay = journal::replay(&journal_path)
+            .map_err(|source| RunDirError::Journal { path: journal_path.display().to_string(), source })?;
+        Ok((run, replay))
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.path.join("journal.jsonl")
+    }
+
+    /// The run's name (its directory's): agents keep its outbox under it.
+    pub fn name(&self) -> String {
+        self.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
+
+    /// The directory of one attempt's files.
+    pub fn attempt_dir(&self, job: &str, attempt: u32) -> PathBuf {
+        attempt_dir(&self.path, job, attempt)
+    }
+
+    /// Where a slot's agent writes its log.
+    pub fn agent_log(&self, slot: &str) -> PathBuf {
+        self.path.join("agents").join(format!("{}.log", file_name(slot)))
+    }
+
+    /// Copies every file the sweep read into `<run>/<dir>/`, laid out as under its root.
+    pub fn keep_sweep(&self, sweep: &Sweep, dir: &str) -> Result<Snapshot, RunDirError> {
+        let copy = self.path.join(dir);
+        for file in &sweep.files {
+            let rel = file.path.strip_prefix(&sweep.root).unwrap_or(&file.path);
+            write(&copy.join(rel), file.text.as_bytes())?;
+        }
+        let top = sweep.files.first().map(|f| f.path.strip_prefix(&sweep.root).unwrap_or(&f.path).to_owned());
+        Ok(Snapshot {
+            dir: dir.to_owned(),
+            top: top.unwrap_or_default().display().to_string(),
+            original_root: sweep.root.display().to_string(),
+            original_file: sweep.files.first().map(|f| f.path.display().to_string()).unwrap_or_default(),
+        })
+    }
+
+    /// A name for the next copy of a changed sweep (`sweep-2`, `sweep-3`, …).
+    pub fn next_copy_name(&self) -> String {
+        (2..).map(|n| format!("sweep-{n}")).find(|d| !self.path.join(d).exists()).unwrap_or_default()
+    }
+
+    /// Reads the sweep from the run directory's copy.
+    pub fn load_copy(&self, snapshot: &Snapshot) -> Result<Sweep, SweepError> {
+        let copy_root = self.path.join(&snapshot.dir);
+        let copy = CopyOf { copy_root: copy_root.clone(), original_root: PathBuf::from(&snapshot.original_root) };
+        sweep::load_copy(&copy_root.join(&snapshot.top), copy)
+    }
+
+    fn write_plan(&self, plan: &Plan) -> Result<(), RunDirError> {
+        let jobs: Vec<serde_json::Value> = plan
+            .expansion
+            .jobs
+            .iter()
+            .map(|j| {
+                let p = &plan.expansion.points[j.point as usize];
+                serde_json::json!({"id": plan.expansion.job_id(j), "cycle": j.cycle, "spec": point_spec(&plan.sweep, &plan.expansion, p)})
+            })
+            .collect();
+        let plan_json = serde_json::json!({
+            "sweep": {"name": plan.sweep.name, "file": plan.sweep.path, "source_hash": plan.sweep.source_hash},
+            "counts": plan.expansion.counts,
+            "jobs": jobs,
+            "graph": {"tasks": plan.graph.node_count(), "edges": plan.graph.edge_count(),
+                      "jobs": plan.graph.node_weights().filter(|t| matches!(t, Task::Job { .. })).count()},
+        });
+        write(&self.path.join("plan.json"), &serde_json::to_vec_pretty(&plan_json).unwrap_or_default())
+    }
+
+    /// Rewrites plan.json for a changed sweep.
+    pub fn replace_plan(&self, plan: &Plan) -> Result<(), RunDirError> {
+        self.write_plan(plan)
+    }
+
+    /// Stores what a node's probe reported.
+    pub fn write_probe(&self, node: &str, report: &llem_common::probe::ProbeReport) -> Result<(), RunDirError> {
+        let bytes = serde_json::to_vec_pretty(report).unwrap_or_default();
+        write(&self.path.join("probe").join(format!("{}.json", file_name(node))), &bytes)
+    }
+
+    /// Stores what a node's agent found of each model (`{model: status}`).
+    pub fn write_prepared(&self, node: &str, models: &serde_json::Value) -> Result<(), RunDirError> {
+        let bytes = serde_json::to_vec_pretty(models).unwrap_or_default();
+        write(&self.path.join("prepare").join(format!("{}.json", file_name(node))), &bytes)
+    }
+}

@@ -1,0 +1,616 @@
+//! The scheduler: a pure state machine. Events in (a session is up, a node was probed, a
+//! model prepared, an attempt finished or failed, time passed, cancel), effects out
+//! (probe a node, prepare a model, dispatch an attempt, cancel one, skip or fail a job,
+//! wake me at t). No I/O and no clock: time arrives inside events, so every rule is
+//! tested by feeding events (property tests in `tests.rs`).
+//!
+//! Rules:
+//! * a slot takes work only while its agent session is up (`SlotUp` … `SlotDown`);
+//! * a node is probed (once, on any of its up slots) before anything else runs there,
+//!   then each model its pending jobs need is prepared there (once); a job runs on a node
+//!   only once its model is ready there, and a model that is unavailable on every node a
+//!   job may use fails the job (`Unservable`);
+//! * one attempt per device slot at a time; a job runs only on a slot of an eligible node
+//!   with the device it asks for;
+//! * a job starts only after its prerequisites (monotone edges) ended; if one failed for
+//!   lack of memory (or was skipped for it), the job is skipped rather than run;
+//! * a job no live slot can serve fails at once (a sweep always finishes);
+//! * jobs start in execution order where they can (a blocked job does not block others);
+//! * `gap_s` idle seconds between attempts on a slot, `cycle_gap_s` when the cycle changes;
+//! * **the one retry rule** ([`State::after_failure`]): a failure is retried, with a new
+//!   attempt number, when its [`FailureKind`] may pass on retry and fewer than `retries`
+//!   retries were used, unless the run is being cancelled;
+//! * after `Cancel`, nothing new starts and every running attempt is cancelled;
+//! * a slot whose session dropped (`SlotDown`) loses its running attempt (retried) and
+//!   takes nothing new until it is up again; its jobs still wait for it. A node that
+//!   stays unreachable is `NodeLost`: its jobs go to equivalent nodes or fail.
+
+use llem_common::failure::FailureKind;
+
+#[cfg(test)]
+mod tests;
+
+/// What a job needs from a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Cpu,
+    AnyGpu,
+    Gpu(u32),
+}
+
+/// A device that runs one attempt at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    Cpu,
+    Gpu(u32),
+}
+
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub node: u16,
+    pub kind: SlotKind,
+    busy: Option<u32>,
+    /// No agent session (not yet connected, or dropped and reconnecting).
+    down: bool,
+    ready_at: f64,
+    last_cycle: Option<u32>,
+}
+
+impl Slot {
+    /// A slot whose session is not up yet (`SlotUp` brings it up).
+    pub fn new(node: u16, kind: SlotKind) -> Self {
+        Slot { node, kind, busy: None, down: true, ready_at: 0.0, last_cycle: None }
+    }
+
+    fn fits(&self, need: Need) -> bool {
+        matches!((need, self.kind), (Need::Cpu, SlotKind::Cpu) | (Need::AnyGpu, SlotKind::Gpu(_)))
+            || matches!((need, self.kind), (Need::Gpu(a), SlotKind::Gpu(b)) if a == b)
+    }
+}
+
+/// A job as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    pub need: Need,
+    pub nodes: Vec<u16>,
+    pub cycle: u32,
+    /// Jobs that must succeed first (indices).
+    pub after: Vec<u32>,
+    /// The model that must be prepared on a node before the job runs there (`None`: the
+    /// engine reads no model files, e.g. `synthetic`).
+    pub model: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Pending,
+    Running {
+        attempt: u32,
+        slot: u32,
+    },
+    Succeeded {
+        attempt: u32,
+    },
+    Failed {
+        attempt: u32,
+        kind: FailureKind,
+    },
+    /// Not run because a prerequisite failed for lack of memory.
+    Skipped {
+        because: u32,
+    },
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobState::Pending | JobState::Running { .. })
+    }
+}
+
+/// Where a node's probe, or one model's preparation on a node, stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Unknown,
+    /// Asked on this slot; an answer is due.
+    Asked {
+        slot: u32,
+    },
+    Ready,
+    Unavailable,
+}
+
+/// What becomes of a failed attempt ([`State::after_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The job runs again, as the next attempt.
+    Retry,
+    /// The job has failed for good (resume keeps it unless `--retry-failed`).
+    Final,
+    /// Stopped by a cancellation: not a failure of the job; resume runs it again.
+    Cancelled,
+}
+
+/// Why a pending job can run nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unservable {
+    /// Every node it may use was lost (or has no slot for its device).
+    NoLiveNode,
+    /// Its model is unavailable on every live node it may use.
+    ModelUnavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event {
+    /// Evaluate what can start now.
+    Tick {
+        now: f64,
+    },
+    /// A slot's agent session is up: it can take work.
+    SlotUp {
+        slot: u32,
+        now: f64,
+    },
+    /// A slot's agent session dropped: its running attempt is lost (retried), and the slot
+    /// takes nothing until it is up again.
+    SlotDown {
+        slot: u32,
+        now: f64,
+    },
+    /// The node stays unreachable: its running attempts are lost (retried elsewhere), and
+    /// it takes nothing for the rest of the run.
+    NodeLost {
+        node: u16,
+        now: f64,
+    },
+    /// The node's probe report arrived.
+    Probed {
+        node: u16,
+        now: f64,
+    },
+    /// A model was checked on a node: `ok` when present and readable.
+    Prepared {
+        node: u16,
+        model: u32,
+        ok: bool,
+        now: f64,
+    },
+    Succeeded {
+        job: u32,
+        attempt: u32,
+        now: f64,
+    },
+    Failed {
+        job: u32,
+        attempt: u32,
+        kind: FailureKind,
+        now: f64,
+    },
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Effect {
+    /// Ask the node's agent (on this slot's session) to describe the node.
+    Probe {
+        node: u16,
+        slot: u32,
+    },
+    /// Ask the node's agent (on this slot's session) to check a model.
+    Prepare {
+        node: u16,
+        model: u32,
+        slot: u32,
+    },
+    Dispatch {
+        job: u32,
+        attempt: u32,
+        slot: u32,
+    },
+    CancelAttempt {
+        job: u32,
+        attempt: u32,
+    },
+    Skip {
+        job: u32,
+        because: u32,
+    },
+    /// A pending job can run nowhere: it is failed.
+    Unservable {
+        job: u32,
+        why: Unservable,
+    },
+    /// Nothing can start before `at` (a gap is running): send a Tick then.
+    WakeAt {
+        at: f64,
+    },
+    /// Every job has reached a terminal state.
+    AllDone,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    jobs: Vec<JobInput>,
+    pub states: Vec<JobState>,
+    /// Attempts started per job (attempt numbers count from 1).
+    pub attempts: Vec<u32>,
+    pub slots: Vec<Slot>,
+    lost_nodes: Vec<u16>,
+    /// Per node: its probe.
+    probes: Vec<Readiness>,
+    /// Per node: each model's preparation there, by model index.
+    models: Vec<Vec<Readiness>>,
+    retries: u32,
+    gap_s: f64,
+    cycle_gap_s: f64,
+    cancelled: bool,
+    /// Which jobs some live slot can serve must be worked out again (at the start, when a
+    /// node is lost, when a model turns out unavailable).
+    servability_changed: bool,
+    /// Start nothing (results may still be on their way from outboxes).
+    held: bool,
+    announced_done: bool,
+}
+
+impl State {
+    /// `jobs` in execution order; prerequisites must come from the plan's acyclic graph.
+    /// Every slot starts down: `SlotUp` brings each up once its session is.
+    pub fn new(jobs: Vec<JobInput>, slots: Vec<Slot>, retries: u32, gap_s: f64, cycle_gap_s: f64) -> Self {
+        let n = jobs.len();
+        let nodes = slots
+            .iter()
+            .map(|s| s.node as usize + 1)
+            .chain(jobs.iter().flat_map(|j| j.nodes.iter().map(|&n| n as usize + 1)))
+            .max()
+            .unwrap_or(0);
+        let n_models = jobs.iter().filter_map(|j| j.model).map(|m| m as usize + 1).max().unwrap_or(0);
+        State {
+            jobs,
+            states: vec![JobState::Pending; n],
+            attempts: vec![0; n],
+            slots,
+            lost_nodes: Vec::new(),
+            probes: vec![Readiness::Unknown; nodes],
+            models: vec![vec![Readiness::Unknown; n_models]; nodes],
+            retries,
+            gap_s,
+            cycle_gap_s,
+            cancelled: false,
+            servability_changed: true,
+            held: false,
+            announced_done: false,
+        }
+    }
+
+    /// Marks a job finished by an earlier attempt (resume, or an outbox delivery): it is
+    /// never run again, and a slot it occupies is freed.
+    pub fn mark_done(&mut self, job: u32, attempt: u32) {
+        if let JobState::Running { slot, .. } = self.states[job as usize] {
+            self.slots[slot as usize].busy = None;
+        }
+        self.states[job as usize] = JobState::Succeeded { attempt };
+        self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
+    }
+
+    /// Marks jobs that failed for good in an earlier run (resume without --retry-failed).
+    pub fn mark_failed(&mut self, job: u32, attempt: u32, kind: FailureKind) {
+        self.states[job as usize] = JobState::Failed { attempt, kind };
+        self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
+    }
+
+    /// While held, no job starts (probes and preparations still do): the dispatcher holds
+    /// the scheduler until every agent has re-sent its outbox, so a job whose result is
+    /// arriving does not run again.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// Whether the node was lost for the rest of the run.
+    pub fn is_lost(&self, node: u16) -> bool {
+        self.lost_nodes.contains(&node)
+    }
+
+    /// Whether the run is being cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// **The retry rule**, the one place it is written: what becomes of attempt `attempt`
+    /// of a job that failed for `kind`. A failure that may pass on retry is retried while
+    /// retries are left; during a cancellation it counts as cancelled (resume runs it
+    /// again); a cancellation is never a failure of the job.
+    pub fn after_failure(&self, kind: FailureKind, attempt: u32) -> AfterFailure {
+        match (kind, kind.may_pass_on_retry()) {
+            (FailureKind::Cancelled, _) | (_, true) if self.cancelled => AfterFailure::Cancelled,
+            (FailureKind::Cancelled, _) => AfterFailure::Cancelled,
+            (_, true) if attempt <= self.retries => AfterFailure::Retry,
+            _ => AfterFailure::Final,
+        }
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.states.iter().enumerate().filter_map(|(j, s)| match s {
+            JobState::Running { attempt, .. } => Some((j as u32, *attempt)),
+            _ => None,
+        })
+    }
+
+    fn free_slot(&mut self, job: usize, attempt: u32, now: f64) -> bool {
+        if let JobState::Running { attempt: a, slot } = self.states[job] {
+            if a == attempt {
+                let s = &mut self.slots[slot as usize];
+                s.busy = None;
+                s.ready_at = now + self.gap_s;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn fail_attempt(&mut self, job: usize, attempt: u32, kind: FailureKind) {
+        self.states[job] = match self.after_failure(kind, attempt) {
+            AfterFailure::Retry => JobState::Pending,
+            AfterFailure::Final => JobState::Failed { attempt, kind },
+            AfterFailure::Cancelled => JobState::Cancelled,
+        };
+    }
+
+    fn live(&self, slot: &Slot) -> bool {
+        !slot.down && !self.lost_nodes.contains(&slot.node)
+    }
+
+    /// The attempt running on a slot is lost with its session.
+    fn lose_attempt_on(&mut self, slot: usize, now: f64) {
+        if let Some(j) = self.slots[slot].busy {
+            if let JobState::Running { attempt, .. } = self.states[j as usize] {
+                self.free_slot(j as usize, attempt, now);
+                self.fail_attempt(j as usize, attempt, FailureKind::LostConnection);
+            }
+        }
+    }
+
+    /// Questions asked on a slot whose session ended are asked again elsewhere.
+    fn forget_questions_on(&mut self, slot: u32) {
+        let asked = |r: &Readiness| matches!(r, Readiness::Asked { slot: s } if *s == slot);
+        for r in self.probes.iter_mut().chain(self.models.iter_mut().flatten()) {
+            if asked(r) {
+                *r = Readiness::Unknown;
+            }
+        }
+    }
+
+    /// Probes, then preparations, on nodes with an up slot.
+    fn ask(&mut self, effects: &mut Vec<Effect>) {
+        for node in 0..self.probes.len() {
+            let Some(slot) = self.slots.iter().position(|s| s.node as usize == node && self.live(s)) else { continue };
+            match self.probes[node] {
+                Readiness::Unknown => {
+                    self.probes[node] = Readiness::Asked { slot: slot as u32 };
+                    effects.push(Effect::Probe { node: node as u16, slot: slot as u32 });
+                    continue;
+                }
+                Readiness::Ready => {}
+                _ => continue,
+            }
+            let mut needed: Vec<u32> = Vec::new();
+            for (j, job) in self.jobs.iter().enumerate() {
+                if let (Some(m), JobState::Pending) = (job.model, self.states[j]) {
+                    if job.nodes.contains(&(node as u16)) && !needed.contains(&m) {
+                        needed.push(m);
+                    }
+                }
+            }
+            for m in needed {
+                if self.models[node][m as usize] == Readiness::Unknown {
+                    self.models[node][m as usize] = Readiness::Asked { slot: slot as u32 };
+                    effects.push(Effect::Prepare { node: node as u16, model: m, slot: slot as u32 });
+                }
+            }
+        }
+    }
+
+    /// Whether a slot may run a job now: live, free, fitting, eligible, node probed and
+    /// the job's model ready there.
+    fn can_take(&self, slot: &Slot, job: &JobInput) -> bool {
+        let node = slot.node as usize;
+        slot.busy.is_none()
+            && self.live(slot)
+            && slot.fits(job.need)
+            && job.nodes.contains(&slot.node)
+            && self.probes[node] == Readiness::Ready
+            && job.model.is_none_or(|m| self.models[node][m as usize] == Readiness::Ready)
+    }
+
+    fn schedule(&mut self, now: f64, effects: &mut Vec<Effect>) {
+        // Skips first: they can unblock nothing, but they end jobs.
+        loop {
+            let mut changed = false;
+            for j in 0..self.jobs.len() {
+                if self.states[j] != JobState::Pending {
+                    continue;
+                }
+                let oom = self.jobs[j].after.iter().copied().find(|&p| match self.states[p as usize] {
+                    JobState::Failed { kind, .. } => kind.skips_larger_values(),
+                    JobState::Skipped { .. } => true,
+                    _ => false,
+                });
+                if let Some(p) = oom {
+                    self.states[j] = JobState::Skipped { because: p };
+                    effects.push(Effect::Skip { job: j as u32, because: p });
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        if self.cancelled {
+            return;
+        }
+        self.ask(effects);
+        if self.held {
+            return;
+        }
+        // Idle slots (gaps included): when there are none, nothing can start, and the scan
+        // over every job is skipped (it would cost O(jobs × slots) per event).
+        let mut idle = self.slots.iter().filter(|s| s.busy.is_none() && self.live(s)).count();
+        let mut earliest_wake: Option<f64> = None;
+        for j in 0..self.jobs.len() {
+            if idle == 0 {
+                break;
+            }
+            if self.states[j] != JobState::Pending {
+                continue;
+            }
+            let job = &self.jobs[j];
+            if !job.after.iter().all(|&p| self.states[p as usize].is_terminal()) {
+                continue;
+            }
+            let mut chosen = None;
+            for (i, slot) in self.slots.iter().enumerate() {
+                if !self.can_take(slot, job) {
+                    continue;
+                }
+                let gap = if slot.last_cycle.is_some_and(|c| c != job.cycle) { self.cycle_gap_s } else { 0.0 };
+                let at = slot.ready_at + gap;
+                if at <= now {
+                    chosen = Some(i);
+                    break;
+                }
+                earliest_wake = Some(earliest_wake.map_or(at, |w: f64| w.min(at)));
+            }
+            if let Some(i) = chosen {
+                self.attempts[j] += 1;
+                let attempt = self.attempts[j];
+                let slot = &mut self.slots[i];
+                slot.busy = Some(j as u32);
+                slot.last_cycle = Some(self.jobs[j].cycle);
+                idle -= 1;
+                self.states[j] = JobState::Running { attempt, slot: i as u32 };
+                effects.push(Effect::Dispatch { job: j as u32, attempt, slot: i as u32 });
+            }
+        }
+        if let Some(at) = earliest_wake {
+            effects.push(Effect::WakeAt { at });
+        }
+    }
+
+    /// Why a pending job can run nowhere, if it cannot.
+    fn unservable(&self, job: &JobInput) -> Option<Unservable> {
+        let mut model_missing = false;
+        for &node in &job.nodes {
+            let n = node as usize;
+            if self.lost_nodes.contains(&node) || !self.slots.iter().any(|s| s.node == node && s.fits(job.need)) {
+                continue;
+            }
+            if job.model.is_some_and(|m| self.models[n][m as usize] == Readiness::Unavailable) {
+                model_missing = true;
+                continue;
+            }
+            return None;
+        }
+        Some(if model_missing { Unservable::ModelUnavailable } else { Unservable::NoLiveNode })
+    }
+
+    /// Pending jobs no live slot can serve end as failed, so the sweep can finish.
+    fn fail_unservable(&mut self, now: f64, effects: &mut Vec<Effect>) {
+        if self.cancelled || !self.servability_changed {
+            return;
+        }
+        self.servability_changed = false;
+        let mut ended = false;
+        for j in 0..self.jobs.len() {
+            if self.states[j] != JobState::Pending {
+                continue;
+            }
+            if let Some(why) = self.unservable(&self.jobs[j]) {
+                let kind = match why {
+                    Unservable::NoLiveNode => FailureKind::LostConnection,
+                    Unservable::ModelUnavailable => FailureKind::BadJob,
+                };
+                self.states[j] = JobState::Failed { attempt: self.attempts[j], kind };
+                effects.push(Effect::Unservable { job: j as u32, why });
+                ended = true;
+            }
+        }
+        if ended && now.is_finite() {
+            self.schedule(now, effects);
+        }
+    }
+}
+
+/// Feeds one event; returns what to do.
+pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    let now = match event {
+        Event::Tick { now } => now,
+        Event::SlotUp { slot, now } => {
+            state.slots[slot as usize].down = false;
+            now
+        }
+        Event::SlotDown { slot, now } => {
+            state.slots[slot as usize].down = true;
+            state.lose_attempt_on(slot as usize, now);
+            state.forget_questions_on(slot);
+            now
+        }
+        Event::NodeLost { node, now } => {
+            state.lost_nodes.push(node);
+            state.servability_changed = true;
+            for slot in 0..state.slots.len() {
+                if state.slots[slot].node == node {
+                    state.lose_attempt_on(slot, now);
+                    state.forget_questions_on(slot as u32);
+                }
+            }
+            now
+        }
+        Event::Probed { node, now } => {
+            if let Some(p) = state.probes.get_mut(node as usize) {
+                *p = Readiness::Ready;
+            }
+            now
+        }
+        Event::Prepared { node, model, ok, now } => {
+            if let Some(m) = state.models.get_mut(node as usize).and_then(|m| m.get_mut(model as usize)) {
+                *m = if ok { Readiness::Ready } else { Readiness::Unavailable };
+            }
+            state.servability_changed |= !ok;
+            now
+        }
+        Event::Succeeded { job, attempt, now } => {
+            if state.free_slot(job as usize, attempt, now) {
+                state.states[job as usize] = JobState::Succeeded { attempt };
+            }
+            now
+        }
+        Event::Failed { job, attempt, kind, now } => {
+            if state.free_slot(job as usize, attempt, now) {
+                state.fail_attempt(job as usize, attempt, kind);
+            }
+            now
+        }
+        Event::Cancel => {
+            state.cancelled = true;
+            let running: Vec<(u32, u32)> = state.running().collect();
+            for (job, attempt) in running {
+                effects.push(Effect::CancelAttempt { job, attempt });
+            }
+            for s in &mut state.states {
+                if *s == JobState::Pending {
+                    *s = JobState::Cancelled;
+                }
+            }
+            f64::NEG_INFINITY
+        }
+    };
+    if now.is_finite() {
+        state.schedule(now, &mut effects);
+    }
+    state.fail_unservable(now, &mut effects);
+    if !state.announced_done && state.states.iter().all(|s| s.is_terminal()) {
+        state.announced_done = true;
+        effects.push(Effect::AllDone);
+    }
+    effects
+}
