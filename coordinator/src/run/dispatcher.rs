@@ -7,7 +7,7 @@
 //! is sent, a stored result before it is acknowledged.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,10 +179,7 @@ impl<'p> Dispatcher<'p> {
             let now = self.now();
             // Every sender is a clone this loop holds too: the channel cannot close.
             let message = match wake {
-                Some(at) if at > now => match rx.recv_timeout(Duration::from_secs_f64(at - now)) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                },
+                Some(at) if at > now => rx.recv_timeout(Duration::from_secs_f64(at - now)).ok(),
                 Some(_) => None,
                 None => rx.recv().ok(),
             };
