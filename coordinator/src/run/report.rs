@@ -363,6 +363,7 @@ pub fn write_report(
 <h2>Energy against latency</h2>{sc}
 <h2>Power during each job</h2>{ts}
 <h2>Per-node comparison</h2>{nodes_html}
+<h2>Nodes</h2>{provenance}
 <script>
 // Records what the browser actually laid out, so a headless check can tell drawn plots
 // from empty ones.
@@ -379,10 +380,52 @@ window.addEventListener('load', () => {{
 "#,
         title = esc(sweep),
         n = rows.len(),
+        provenance = nodes_provenance(run_dir),
     );
     let index = dir.join("index.html");
     write_atomic(&index, html.as_bytes())?;
     Ok(index)
+}
+
+/// Where the jobs ran, as each node's probe reported it before its first job
+/// (`probe/<node>.json`).
+fn nodes_provenance(run_dir: &Path) -> String {
+    let mut probes: Vec<(String, llem_common::probe::ProbeReport)> = std::fs::read_dir(run_dir.join("probe"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.path().file_stem()?.to_string_lossy().into_owned();
+            let report = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            Some((name, report))
+        })
+        .collect();
+    if probes.is_empty() {
+        return "<p>No node was probed (a run from before probes were kept).</p>".to_owned();
+    }
+    probes.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::from(
+        "<table><tr><th>node</th><th>host</th><th>system</th><th>CPU</th><th>GPUs</th><th>driver</th><th>energy sources</th></tr>",
+    );
+    for (name, p) in &probes {
+        let n = &p.node;
+        let gpus: Vec<&str> = n.gpus.iter().map(|g| g.name.as_str()).collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{} ({})</td><td>{} × {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(name),
+            esc(&n.hostname),
+            esc(&n.os),
+            esc(&n.kernel),
+            n.cpu_cores,
+            esc(&n.cpu_model),
+            if gpus.is_empty() { "none".to_owned() } else { esc(&gpus.join(", ")) },
+            esc(n.driver_version.as_deref().unwrap_or("–")),
+            esc(&p.available_sources().join(", ")),
+        );
+    }
+    out.push_str("</table>");
+    out
 }
 
 fn markdown_table_to_html(md: &str) -> String {

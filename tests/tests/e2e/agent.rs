@@ -322,3 +322,50 @@ fn probe_reports_sources_and_reasons() {
     assert!(report["node"]["cpu_cores"].as_u64().expect("cores") >= 1);
     assert_eq!(report["node"]["agent_version"], env!("CARGO_PKG_VERSION"));
 }
+
+#[test]
+fn a_served_job_reports_live_power_about_once_a_second() {
+    use llem_common::protocol::{read_frame, write_frame, AttemptId, FromAgent, Hello, ToAgent};
+    let watts = 35.0;
+    let job = Job::new("");
+    let rapl = FakeRapl::start(&job.path("powercap"), watts, 1e6);
+    let mut agent = Command::new(binary("llem-agent"))
+        .args(["serve", "--stdio", "--state-dir"])
+        .arg(job.path("state"))
+        .env("LLEM_POWERCAP_ROOT", &rapl.root)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let mut input = agent.stdin.take().expect("stdin");
+    let mut output = BufReader::new(agent.stdout.take().expect("stdout"));
+    write_frame(&mut input, &ToAgent::Hello(Hello::new("test").for_run("live-power"))).expect("hello");
+    let spec = llem_common::spec::experiment_from_yaml(
+        "job",
+        &format!("{SYNTHETIC}n_prompts: 18\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\n"),
+    )
+    .unwrap_or_else(|(_, d)| panic!("{d:?}"));
+    let id = AttemptId { job_id: "0123456789abcdef-c1".into(), attempt: 1 };
+    write_frame(&mut input, &ToAgent::Run { id: id.clone(), spec: Box::new(spec) }).expect("run");
+    let mut samples = Vec::new();
+    let duration = loop {
+        match read_frame::<FromAgent>(&mut output).expect("a frame") {
+            Some(FromAgent::Sample { power_w, .. }) => samples.push(power_w),
+            Some(FromAgent::Finished { result, .. }) => break result.duration_s,
+            Some(FromAgent::Failed { message, .. }) => panic!("the job failed: {message}"),
+            Some(_) => {}
+            None => panic!("the agent ended before the job did"),
+        }
+    };
+    drop(rapl);
+    write_frame(&mut input, &ToAgent::Shutdown).expect("bye");
+    let _ = agent.wait();
+    eprintln!("{} live samples over a {duration:.2} s window: {samples:?}", samples.len());
+    assert!(samples.len() >= 2 && samples.len() as f64 <= duration + 1.0, "{} samples in {duration} s", samples.len());
+    for w in &samples {
+        let w = w.expect("a sensor exists: power is measured, never null");
+        assert!((w - watts).abs() / watts < 0.1, "live power {w} W, truth {watts} W");
+    }
+}

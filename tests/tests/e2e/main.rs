@@ -7,4 +7,5 @@ mod cluster;
 mod cluster_faults;
 mod models;
 mod run;
+mod run_dir;
 mod sweeps;

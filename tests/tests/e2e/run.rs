@@ -100,6 +100,12 @@ fn a_sweep_runs_to_results_and_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "8 8 8 12.0");
+    // The report says where the jobs ran, from the node's probe.
+    let index = std::fs::read_to_string(run.join("report").join("index.html")).expect("index.html");
+    let probe: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("probe").join("local.json")).expect("probe")).expect("json");
+    let host = probe["node"]["hostname"].as_str().expect("hostname");
+    assert!(index.contains("<h2>Nodes</h2>") && index.contains(host), "the report names the node {host}");
     let status = llem(dir.path(), &["status", "--json", run.to_str().expect("utf8")]).output().expect("status");
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(s["counts"]["finished"], 8);
