@@ -95,18 +95,31 @@ impl Sshd {
         Self::start_at(root, n, netns.node_ip.clone(), 2222, Some(&netns.name))
     }
 
+    /// Starts node `n`'s sshd inside `netns` on the namespace's own loopback
+    /// (`127.0.0.3:port`), which nothing outside the namespace can reach: only a jump
+    /// host inside it can.
+    ///
+    /// # Panics
+    /// As [`Sshd::start`].
+    pub fn start_hidden_in(root: &Path, n: u8, netns: &Netns, port: u16) -> Sshd {
+        Self::start_at(root, n, "127.0.0.3".to_owned(), port, Some(&netns.name))
+    }
+
     fn start_at(root: &Path, n: u8, host: String, port: u16, netns: Option<&str>) -> Sshd {
         let dir = root.join(format!("node{n}"));
         std::fs::create_dir_all(dir.join("state")).expect("node dir");
+        // Each node has its own home: its `~/.cache/llem/bin` is its own, as on a cluster.
+        std::fs::create_dir_all(dir.join("home")).expect("node home");
         let key = dir.join("host_key");
         keygen(&key);
         let config = format!(
-            "Port {port}\nListenAddress {host}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv LLEM_STATE_DIR={} LLEM_POWERCAP_ROOT={}\nClientAliveInterval 5\nClientAliveCountMax 3\nLogLevel ERROR\n",
+            "Port {port}\nListenAddress {host}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv LLEM_STATE_DIR={} LLEM_POWERCAP_ROOT={} HOME={}\nClientAliveInterval 5\nClientAliveCountMax 3\nLogLevel ERROR\n",
             key.display(),
             root.join("client_key.pub").display(),
             dir.join("sshd.pid").display(),
             dir.join("state").display(),
-            dir.join("no-powercap").display()
+            dir.join("no-powercap").display(),
+            dir.join("home").display()
         );
         std::fs::write(dir.join("sshd_config"), config).expect("config");
         std::fs::create_dir_all("/run/sshd").ok();
@@ -135,9 +148,18 @@ impl Sshd {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start sshd");
-        // Ready when it accepts connections.
+        // Ready when it accepts connections (one on a namespace's own loopback cannot be
+        // reached from here: it is ready once it wrote its pid file, after listening).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect((host.as_str(), port)).is_err() {
+        let hidden = netns.is_some() && host.starts_with("127.");
+        let ready = || {
+            if hidden {
+                dir.join("sshd.pid").exists()
+            } else {
+                std::net::TcpStream::connect((host.as_str(), port)).is_ok()
+            }
+        };
+        while !ready() {
             assert!(std::time::Instant::now() < deadline, "sshd on {host}:{port} did not start");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -222,8 +244,9 @@ impl Netns {
         let peer = format!("{veth}p");
         let subnet = format!("10.231.{}", (pid as usize * 7 + usize::from(tag)) % 250);
         let ns = Netns { name: name.clone(), veth: veth.clone(), node_ip: format!("{subnet}.2") };
-        let steps: [&[&str]; 7] = [
+        let steps: [&[&str]; 8] = [
             &["netns", "add", &name],
+            &["-n", &name, "link", "set", "lo", "up"],
             &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
             &["link", "set", &peer, "netns", &name],
             &["addr", "add", &format!("{subnet}.1/30"), "dev", &veth],

@@ -162,8 +162,9 @@ impl SshTarget {
     pub fn deploy(&self, local_agent: &Path) -> Result<String, ConnectError> {
         let payload = deploy::payload(local_agent).map_err(|e| ConnectError::Refused(e.to_string()))?;
         let path = format!("{BIN_DIR}/{}", payload.name);
-        // Touched: builds are kept newest first.
-        let check = self.run(&format!("test -x {path} && touch {path} && {path} --version"), None)?;
+        // Touched, as builds are kept newest first; older ones are pruned on every deploy.
+        let prune = format!("{path} prune-builds --keep {KEEP_BUILDS}");
+        let check = self.run(&format!("test -x {path} && touch {path} && {path} --version && {prune}"), None)?;
         if check.status.success() {
             return Ok(path);
         }
@@ -183,7 +184,7 @@ impl SshTarget {
         // The temp name carries the remote shell's pid: two coordinators deploying the
         // same build at once never share (or rename away) each other's temp file.
         let install = format!(
-            "mkdir -p {BIN_DIR} && {unpack} > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv {path}.tmp.$$ {path} && {path} --version && {path} prune-builds --keep {KEEP_BUILDS}"
+            "mkdir -p {BIN_DIR} && {unpack} > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv {path}.tmp.$$ {path} && {path} --version && {prune}"
         );
         let upload = self.run(&install, Some(bytes))?;
         if !upload.status.success() {

@@ -155,3 +155,84 @@ fn a_remote_agent_cannot_write_outside_the_run_directory() {
     assert!(!dir.path().join("x").exists());
     crate::run::assert_only_results_stored(&run);
 }
+
+#[test]
+fn deploy_keeps_the_newest_builds_and_any_in_use() {
+    let (dir, nodes) = setup(1);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, nodes[0].known_hosts_line()).expect("known_hosts");
+    std::fs::write(dir.path().join("sweep.yaml"), format!("{JOBS}{}", nodes_yaml(dir.path(), &nodes, &kh)))
+        .expect("sweep");
+    // Builds an earlier coordinator left on the node: older by a day each.
+    let bin = nodes[0].dir.join("home/.cache/llem/bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let old: Vec<std::path::PathBuf> = (1..=4)
+        .map(|age| {
+            let path = bin.join(format!("llem-agent-0.0.{age}-00000{age}"));
+            std::fs::write(&path, "an old build").expect("old build");
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400 * age);
+            std::fs::File::options().write(true).open(&path).expect("open").set_modified(when).expect("mtime");
+            path
+        })
+        .collect();
+    // The oldest is running somewhere: its agent holds it.
+    let running = std::fs::File::open(&old[3]).expect("open");
+    running.lock_shared().expect("in use");
+    let out = llem(dir.path(), &["nodes", "deploy", "--json", "sweep.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut left: Vec<String> =
+        std::fs::read_dir(&bin).expect("bin").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left.len(), 4, "this build, the two newest old ones and the one in use: {left:?}");
+    assert!(old[0].exists() && old[1].exists() && !old[2].exists() && old[3].exists(), "{left:?}");
+    let deployed = bin.join(
+        left.iter().find(|n| n.starts_with(&format!("llem-agent-{}-", env!("CARGO_PKG_VERSION")))).expect("this build"),
+    );
+    let size = std::fs::metadata(&deployed).expect("deployed").len();
+    let local = std::fs::metadata(binary("llem-agent")).expect("local").len();
+    eprintln!("deployed agent: {size} bytes on the node, {local} built here");
+    assert!(size < local / 2, "the node got a stripped agent: {size} of {local} bytes");
+    let version = Command::new(&deployed).arg("--version").output().expect("runs on the node");
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn an_ssh_config_alias_with_port_and_proxy_jump_runs_its_jobs() {
+    // The node's sshd listens on its namespace's own loopback: only the jump host, inside
+    // the same namespace, can reach it. The sweep names the alias and nothing else.
+    let netns = match llem_tests::Netns::create(2) {
+        Ok(n) => n,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespaces are not permitted here ({why}); the ProxyJump test needs them");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = client_key(dir.path());
+    let jump = Sshd::start_in(dir.path(), 0, &netns);
+    let node = Sshd::start_hidden_in(dir.path(), 1, &netns, 2223);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, format!("{}{}", jump.known_hosts_line(), node.known_hosts_line())).expect("known_hosts");
+    let config = format!(
+        "Host gpu-a\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n  ProxyJump jump-a\n\nHost jump-a\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n  BatchMode yes\n  StrictHostKeyChecking yes\n",
+        node.host,
+        node.port,
+        key.display(),
+        kh.display(),
+        jump.host,
+        jump.port,
+        key.display(),
+        kh.display()
+    );
+    std::fs::write(dir.path().join("ssh_config"), config).expect("ssh_config");
+    let one = JOBS.replace("[1, 2, 3, 4]", "[1, 2]").replace("{cycles: 3}", "{cycles: 1}");
+    std::fs::write(
+        dir.path().join("sweep.yaml"),
+        format!("{one}nodes:\n  - {{name: a, host: gpu-a, ssh_config: ssh_config}}\n"),
+    )
+    .expect("sweep");
+    let out = llem(dir.path(), &["run", "sweep.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(journal(dir.path()).matches("\"finished\"").count(), 2);
+    assert!(node.dir.join("home/.cache/llem/bin").is_dir(), "the agent was installed on the hidden node");
+}
