@@ -50,7 +50,7 @@ pub fn finished_rows(plan: &Plan, run_dir: &Path) -> Result<Vec<Row>> {
         let id = exp.job_id(job);
         let Some(Outcome::Finished { attempt }) = outcomes.get(&id) else { continue };
         let path = attempt_dir(run_dir, &id, *attempt).join("result.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let result = JobResult::from_json(&text)?;
         let point = &exp.points[job.point as usize];
         let spec = point_spec(&plan.sweep, exp, point).to_json();

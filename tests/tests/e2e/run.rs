@@ -129,6 +129,15 @@ fn resume_refuses_a_changed_sweep() {
         llem(dir.path(), &["resume", "--allow-changed-sweep", run.to_str().expect("utf8")]).output().expect("resume");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("12 of 12 jobs finished"));
+    // The changed sweep is the run's now: kept beside the first copy, and named in the journal.
+    let kept = std::fs::read_to_string(run.join("sweep-2").join("sweep.yaml")).expect("the changed sweep is kept");
+    assert!(kept.contains("cycles: 3"));
+    assert!(std::fs::read_to_string(run.join("sweep").join("sweep.yaml")).expect("first copy").contains("cycles: 2"));
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
+    assert_eq!(journal.matches("\"sweep_changed\"").count(), 1, "{journal}");
+    // The originals now match the run's sweep: resume goes on without asking.
+    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
