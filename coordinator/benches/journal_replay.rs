@@ -21,6 +21,7 @@ fn main() {
         created_at: "2026-11-27T00:00:00.000Z".into(),
         snapshot: None,
         working_dir: None,
+        run_id: None,
     };
     // Written as text in one go: appending 100,000 fsynced records would measure the disk.
     drop(Journal::create(&path, &header).unwrap());

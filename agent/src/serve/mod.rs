@@ -53,7 +53,13 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
         Some(ToAgent::Hello(theirs)) => {
             send(&out, &FromAgent::Hello(ours.clone()));
             ours.check(&theirs)?;
-            let run = theirs.run.filter(|r| is_safe_artifact_name(r)).unwrap_or_else(|| "unnamed-run".to_owned());
+            // Outboxes are per run: without a run's own name, results could reach another
+            // run, which must never happen.
+            let Some(run) = theirs.run.filter(|r| is_safe_artifact_name(r)) else {
+                let message = "the coordinator's hello names no run (or not as a plain name): refused".to_owned();
+                send(&out, &FromAgent::Log { id: None, level: "error".to_owned(), message: message.clone() });
+                bail!(message);
+            };
             Outbox::new(state.join("outbox").join(run))
         }
         Some(other) => bail!("the coordinator spoke before saying hello: {other:?}"),
@@ -144,14 +150,24 @@ fn start(out: &Out, outbox: &Outbox, state: &Path, base_dir: &Path, id: AttemptI
         let dir = outbox.attempt_dir(&job);
         let _ = std::fs::remove_dir_all(&dir);
         send(&out, &FromAgent::Phase { id: job.clone(), phase: Phase::WaitingForLock });
-        let (phase_out, power_out, phase_id, power_id) = (Arc::clone(&out), Arc::clone(&out), job.clone(), job.clone());
+        let (phase_out, phase_id) = (Arc::clone(&out), job.clone());
+        // Live power goes out from a thread of its own: the sampler must never wait on
+        // stdout (a resend may be writing 5 MiB frames there); a sample that finds the
+        // previous one still waiting is dropped.
+        let (power_tx, power_rx) = std::sync::mpsc::sync_channel::<f64>(1);
+        let (power_out, power_id) = (Arc::clone(&out), job.clone());
+        std::thread::spawn(move || {
+            for watts in power_rx {
+                let sample = FromAgent::Sample { id: power_id.clone(), power_w: Some(watts), tokens_per_s: None };
+                send(&power_out, &sample);
+            }
+        });
         let observers = Observers {
             phase: PhaseObserver(Some(Arc::new(move |phase| {
                 send(&phase_out, &FromAgent::Phase { id: phase_id.clone(), phase });
             }))),
             power: Some(Arc::new(move |watts| {
-                let sample = FromAgent::Sample { id: power_id.clone(), power_w: Some(watts), tokens_per_s: None };
-                send(&power_out, &sample);
+                let _ = power_tx.try_send(watts);
             })),
         };
         let outcome = run_job_observed(&spec, &job.job_id, &base_dir, &dir, &state, stop.clone(), observers);

@@ -72,8 +72,13 @@ impl Outbox {
         for name in artifact_names(&dir) {
             match send_file(out, id, &dir.join(&name), &name) {
                 Ok(entry) => artifacts.push(entry),
-                // Not listed: the coordinator stores what the manifest names, and no more.
-                Err(e) => tracing::warn!("cannot send {}: {e}", dir.join(&name).display()),
+                Err(e) => {
+                    // Listed all the same, as a file that cannot match: the coordinator
+                    // then never acknowledges this delivery, and the attempt is not
+                    // forgotten here without it.
+                    tracing::warn!("cannot send {}: {e}", dir.join(&name).display());
+                    artifacts.push(ArtifactEntry { name, bytes: u64::MAX, sha256: format!("unreadable: {e}") });
+                }
             }
         }
         send(out, &FromAgent::Finished { id: id.clone(), result: Box::new(result), artifacts });

@@ -44,9 +44,14 @@ pub(crate) fn load_plan_diagnostics(path: &Path) -> Result<Plan, (Sources, Vec<D
     plan_of_sweep(sweep::load(path))
 }
 
+/// The bad-input error that shows every problem of a sweep.
+pub(crate) fn sweep_error(e: &SweepError) -> Expected {
+    Expected::Sweep { rendered: render_all(&e.diagnostics, &e.sources) }
+}
+
 /// A sweep, or the bad-input error that shows every problem in it.
 pub(crate) fn sweep_or_error(sweep: Result<Sweep, SweepError>) -> Result<Sweep, Expected> {
-    sweep.map_err(|e| Expected::Sweep { rendered: render_all(&e.diagnostics, &e.sources) })
+    sweep.map_err(|e| sweep_error(&e))
 }
 
 /// A plan, or the bad-input error that shows every problem of the sweep.

@@ -72,6 +72,7 @@ pub fn nodes(args: &NodesArgs, deploy_only: bool) -> Result<u8, CommandError> {
     let cwd = std::env::current_dir().unwrap_or_default();
     let options = ConnectOptions::new(&cwd, args.accept_new_host_keys);
     let rows: Vec<serde_json::Value> = sweep.nodes.iter().map(|n| check(n, &options, deploy_only)).collect();
+    let _ = std::fs::remove_dir_all(&options.control_dir);
     let failed = rows.iter().filter(|r| r["ok"] != true).count();
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{plan_or_error, plan_or_report, print_warnings, sweep_or_error};
+use super::{plan_or_error, plan_or_report, print_warnings, sweep_error, sweep_or_error};
 use crate::cli::{ReportArgs, ResumeArgs, RunArgs, StatusArgs};
 use crate::error::{CommandError, Expected};
 use crate::exit;
@@ -85,8 +85,23 @@ fn sweep_to_resume(
         // Journal version 1: the file as typed at `llem run` (relative to where it ran).
         None => PathBuf::from(&replay.header.sweep_file),
     };
-    let compare_with = args.sweep.clone().or_else(|| original.is_file().then_some(original));
-    let given: Option<Sweep> = compare_with.map(|path| sweep_or_error(sweep::load(&path))).transpose()?;
+    let given: Option<Sweep> = match &args.sweep {
+        // Given: it must load.
+        Some(path) => Some(sweep_or_error(sweep::load(path))?),
+        None if original.is_file() => match sweep::load(&original) {
+            Ok(s) => Some(s),
+            // Some of its files moved, or it was edited into something else: the run's
+            // copy is intact, and it is what the run measured.
+            Err(e) if snapshot.is_some() => {
+                let first = e.diagnostics.first().map_or_else(String::new, |d| d.message.clone());
+                let shown = original.display();
+                eprintln!("warning: {shown} no longer reads as it did ({first}): going on with the run's own copy");
+                None
+            }
+            Err(e) => return Err(sweep_error(&e).into()),
+        },
+        None => None,
+    };
     let same = |s: &Sweep| {
         if snapshot.is_some() {
             s.source_hash == recorded
@@ -123,13 +138,29 @@ pub fn resume(args: &ResumeArgs) -> Result<u8, CommandError> {
     let plan = sweep_to_resume(&run, &replay, args, &mut journal)?;
     print_warnings(&plan);
     let (outcomes, attempts) = replay.outcomes();
-    let done: Vec<(String, Outcome)> =
-        outcomes.into_iter().filter(|(_, o)| matches!(o, Outcome::Finished { .. }) || !args.retry_failed).collect();
+    let mut failures: HashMap<String, u32> = replay.failures().into_iter().collect();
+    let mut done: Vec<(String, Outcome)> = Vec::new();
+    for (job, outcome) in outcomes {
+        match outcome {
+            // Run again with --retry-failed, with its retries afresh.
+            Outcome::Failed { .. } | Outcome::Skipped if args.retry_failed => {
+                failures.remove(&job);
+            }
+            o => done.push((job, o)),
+        }
+    }
     eprintln!("resuming {}: {} jobs already done", run.path.display(), done.len());
-    let earlier = Earlier { done, attempts: attempts.into_iter().collect::<HashMap<_, _>>() };
+    let earlier = Earlier { done, attempts: attempts.into_iter().collect(), failures };
     // Local agents start where the run began, so relative model paths mean the same.
-    let dir =
-        replay.header.working_dir.as_deref().map(PathBuf::from).filter(|d| d.is_dir()).unwrap_or_else(working_dir);
+    let dir = match replay.header.working_dir.as_deref().map(PathBuf::from) {
+        Some(d) if d.is_dir() => d,
+        Some(d) => {
+            let gone = d.display();
+            eprintln!("warning: {gone}, where the run began, is gone: local agents start in this directory instead");
+            working_dir()
+        }
+        None => working_dir(),
+    };
     let options = ConnectOptions::new(&dir, args.accept_new_host_keys);
     let ending = run::dispatch(&plan, &run, journal, &earlier, &options)?;
     finish(&plan, &run, ending)

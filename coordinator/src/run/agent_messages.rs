@@ -62,8 +62,12 @@ impl Dispatcher<'_> {
                 }
                 Ok(None)
             }
-            FromAgent::Finished { id, result, artifacts } => self.finished(slot, id, *result, &artifacts, now),
+            FromAgent::Finished { id, result, artifacts } => {
+                self.progressed(slot);
+                self.finished(slot, id, *result, &artifacts, now)
+            }
             FromAgent::Failed { id, kind, message } => {
+                self.progressed(slot);
                 let Some(&job) = self.index.get(&id.job_id) else { return Ok(None) };
                 if !matches!(self.state.states[job as usize], JobState::Running { attempt, .. } if attempt == id.attempt)
                 {
@@ -78,7 +82,7 @@ impl Dispatcher<'_> {
 
     fn probed(&mut self, slot: usize, report: &ProbeReport, now: f64) -> Result<Option<Event>> {
         let node = self.node_of(slot);
-        self.answered(node);
+        self.answered(slot);
         let name = self.node_name(node).to_owned();
         self.run.write_probe(&name, report)?;
         let gpus = report.node.gpus.len();
@@ -89,7 +93,7 @@ impl Dispatcher<'_> {
 
     fn prepared(&mut self, slot: usize, model: &str, status: ModelStatus, now: f64) -> Result<Option<Event>> {
         let node = self.node_of(slot);
-        self.answered(node);
+        self.answered(slot);
         let Some(m) = self.plan.expansion.models.iter().position(|r| r.reads_files && r.name == model) else {
             return Ok(None);
         };

@@ -37,6 +37,8 @@ pub struct Script {
     pub outbox: Mutex<BTreeMap<AttemptId, ExperimentSpec>>,
     /// Models this node does not have.
     pub missing_models: Vec<String>,
+    /// The agent dies when asked to probe (a driver that crashes it, say).
+    pub crash_on_probe: bool,
     /// Told of every `run` as it arrives.
     pub runs: Mutex<Option<Sender<AttemptId>>>,
     /// How many sessions were opened.
@@ -206,6 +208,9 @@ impl FakeAgent {
                 ToAgent::Resend { id } => self.deliver(&id),
                 ToAgent::Probe => {
                     self.script.probes.fetch_add(1, Ordering::SeqCst);
+                    if self.script.crash_on_probe {
+                        return "the agent crashed";
+                    }
                     let source = SourceStatus { name: "none".into(), available: true, detail: "fake".into() };
                     let report = ProbeReport { node: Default::default(), energy_sources: vec![source] };
                     self.say(FromAgent::Probed { report: Box::new(report) });

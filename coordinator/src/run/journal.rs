@@ -35,6 +35,10 @@ pub struct Header {
     /// paths mean the same on resume (version 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// The run's identity on the nodes: agents keep its outbox under it, so it must never
+    /// be another run's (version 2; version 1 used the directory's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// A run directory's copy of a sweep's files.
@@ -188,6 +192,18 @@ impl Replay {
         }
     }
 
+    /// Failures per job that count against `retries` (every `failed` record: a
+    /// cancellation is journaled as `cancelled`).
+    pub fn failures(&self) -> BTreeMap<String, u32> {
+        let mut failures = BTreeMap::new();
+        for r in &self.records {
+            if let Record::Failed { job, .. } = r {
+                *failures.entry(job.clone()).or_default() += 1;
+            }
+        }
+        failures
+    }
+
     /// Job id → outcome, and the highest attempt number seen per job.
     pub fn outcomes(&self) -> (BTreeMap<String, Outcome>, BTreeMap<String, u32>) {
         let mut outcomes = BTreeMap::new();
@@ -270,6 +286,7 @@ mod tests {
                 original_file: "/w/s.yaml".into(),
             }),
             working_dir: Some("/w".into()),
+            run_id: Some("s-20261201-0123abcd".into()),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod connect;
 pub mod deploy;
 mod dispatcher;
 pub mod journal;
+mod lifecycle;
 pub mod local;
 pub mod progress;
 pub mod report;
@@ -52,12 +53,14 @@ pub enum Ending {
     Interrupted,
 }
 
-/// What an earlier run of this directory left: jobs that ended (not run again), and the
-/// attempts used per job (new attempts count on from there).
+/// What an earlier run of this directory left: jobs that ended (not run again), the
+/// attempts used per job (new attempts count on from there), and their failures.
 #[derive(Debug, Default)]
 pub struct Earlier {
     pub done: Vec<(String, journal::Outcome)>,
     pub attempts: HashMap<String, u32>,
+    /// Failures that count against `retries`, per job.
+    pub failures: HashMap<String, u32>,
 }
 
 /// The scheduler's view of a plan: needs, eligible nodes, cycles, monotone edges and the
@@ -147,6 +150,7 @@ pub fn dispatch(
     for c in &connectors {
         c.close();
     }
+    let _ = std::fs::remove_dir_all(&options.control_dir);
     ending
 }
 

@@ -29,6 +29,9 @@ pub struct Progress {
     total: usize,
     done: usize,
     failed: usize,
+    /// Jobs counted as ended, and whether as failed (a job failed for good can still
+    /// finish, from an outbox: it is then counted once, as finished).
+    ended: std::collections::HashMap<String, bool>,
 }
 
 impl Progress {
@@ -55,7 +58,7 @@ impl Progress {
                 })
             })
             .collect();
-        Progress { multi, bar, lines, slots, total, done: already, failed: 0 }
+        Progress { multi, bar, lines, slots, total, done: already, failed: 0, ended: Default::default() }
     }
 
     fn redraw(&self, slot: usize) {
@@ -108,8 +111,13 @@ impl Progress {
     }
 
     pub fn ended(&mut self, job: &str, what: &str, failed: bool) {
-        self.done += 1;
-        self.failed += usize::from(failed);
+        match self.ended.insert(job.to_owned(), failed) {
+            None => {
+                self.done += 1;
+                self.failed += usize::from(failed);
+            }
+            Some(was_failed) => self.failed = self.failed + usize::from(failed) - usize::from(was_failed),
+        }
         self.line(&format!("[{}/{}] {job} {what}", self.done, self.total));
         if let Some(bar) = &self.bar {
             bar.set_position(self.done as u64);

@@ -38,6 +38,20 @@ pub enum RunDirError {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub path: PathBuf,
+    /// The run's identity on the nodes (their outboxes are kept per run): made once, at
+    /// `llem run`, and kept in the journal, so a moved or renamed directory keeps it and
+    /// no two runs share one.
+    pub id: String,
+}
+
+/// A new run's identity: its directory's name and 32 bits no other run has.
+fn new_run_id(dir: &Path) -> String {
+    use sha2::Digest as _;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = format!("{}/{}/{nanos}", std::process::id(), dir.display());
+    let digest = sha2::Sha256::digest(seed.as_bytes());
+    let name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    format!("{}-{:02x}{:02x}{:02x}{:02x}", file_name(&name), digest[0], digest[1], digest[2], digest[3])
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
@@ -62,15 +76,16 @@ impl RunDir {
     /// Creates `<root>/<sweep>-<utc>` with the sweep's files, the plan and the journal.
     pub fn create(plan: &Plan, root: &Path) -> Result<(RunDir, Journal), RunDirError> {
         let stamp: String = now_rfc3339().chars().filter(|c| c.is_ascii_digit()).take(14).collect();
-        let mut path = root.join(format!("{}-{}", plan.sweep.name, stamp));
+        let name = file_name(&plan.sweep.name);
+        let mut path = root.join(format!("{name}-{stamp}"));
         let mut n = 1;
         while path.exists() {
             n += 1;
-            path = root.join(format!("{}-{stamp}-{n}", plan.sweep.name));
+            path = root.join(format!("{name}-{stamp}-{n}"));
         }
         std::fs::create_dir_all(&path)
             .map_err(|source| RunDirError::Create { path: path.display().to_string(), source })?;
-        let run = RunDir { path };
+        let run = RunDir { id: new_run_id(&path), path };
         let snapshot = run.keep_sweep(&plan.sweep, "sweep")?;
         run.write_plan(plan)?;
         let header = Header {
@@ -81,6 +96,7 @@ impl RunDir {
             created_at: now_rfc3339(),
             snapshot: Some(snapshot),
             working_dir: std::env::current_dir().ok().map(|d| d.display().to_string()),
+            run_id: Some(run.id.clone()),
         };
         let journal_path = run.journal_path();
         let journal = Journal::create(&journal_path, &header)
@@ -90,23 +106,20 @@ impl RunDir {
 
     /// An existing run directory and what its journal says.
     pub fn open(path: &Path) -> Result<(RunDir, Replay), RunDirError> {
-        let run = RunDir { path: path.to_owned() };
-        let journal_path = run.journal_path();
+        let journal_path = path.join("journal.jsonl");
         if !journal_path.is_file() {
             return Err(RunDirError::NotARunDir { path: path.display().to_string() });
         }
         let replay = journal::replay(&journal_path)
             .map_err(|source| RunDirError::Journal { path: journal_path.display().to_string(), source })?;
-        Ok((run, replay))
+        // Version 1 named its outboxes after the directory.
+        let dir_name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let id = replay.header.run_id.clone().unwrap_or_else(|| file_name(&dir_name));
+        Ok((RunDir { path: path.to_owned(), id }, replay))
     }
 
     pub fn journal_path(&self) -> PathBuf {
         self.path.join("journal.jsonl")
-    }
-
-    /// The run's name (its directory's): agents keep its outbox under it.
-    pub fn name(&self) -> String {
-        self.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     }
 
     /// The directory of one attempt's files.

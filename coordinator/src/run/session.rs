@@ -2,9 +2,19 @@
 //! itself locally, or `ssh … -- <agent> serve --stdio`. A reader thread forwards every
 //! frame to the dispatcher's channel and reports `Gone` when the stream ends. Used by the
 //! local and SSH connectors alike.
+//!
+//! A session ends by closing the agent's input first: the agent then stops its job (its
+//! engine, a `command` program) and releases the lock before it exits. Only one that has
+//! not exited after a grace period is killed.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long an agent whose input closed may take to stop its job and exit.
+const GRACE: Duration = Duration::from_secs(5);
+/// How long an agent told to shut down may take (it is idle: at once, normally).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 use anyhow::{Context as _, Result};
 use llem_common::protocol::{read_frame, write_frame, FromAgent, ToAgent};
@@ -23,7 +33,11 @@ impl ChildSession {
     /// Starts `command` (stderr to the request's log), says hello, and forwards what the
     /// agent sends from a reader thread.
     pub fn start(mut command: Command, request: &OpenRequest) -> Result<ChildSession, ConnectError> {
-        let log = std::fs::File::create(&request.log)
+        // Appended: the log of the session that ended (why a reconnect happened) stays.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&request.log)
             .map_err(|e| ConnectError::Refused(format!("cannot create {}: {e}", request.log.display())))?;
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
         let program = command.get_program().to_string_lossy().into_owned();
@@ -50,16 +64,23 @@ impl ChildSession {
         });
         let mut session = ChildSession { child, input: Some(BufWriter::new(stdin)) };
         if let Err(e) = session.send(&ToAgent::Hello(request.hello.clone())) {
-            session.end(true);
+            session.end(Duration::ZERO);
             return Err(ConnectError::Unreachable(format!("{e:#}")));
         }
         Ok(session)
     }
 
-    fn end(&mut self, kill: bool) {
-        if kill {
-            let _ = self.child.kill();
+    /// Closes the agent's input, gives it `grace` to exit, then kills it; reaps it.
+    fn end(&mut self, grace: Duration) {
+        drop(self.input.take());
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -72,22 +93,21 @@ impl Session for ChildSession {
     }
 
     fn kill(mut self: Box<Self>) {
-        self.end(true);
+        // Off the caller's thread: the dispatcher's loop never waits on an agent.
+        std::thread::spawn(move || self.end(GRACE));
     }
 
     fn shutdown(mut self: Box<Self>) {
         let _ = self.send(&ToAgent::Shutdown);
-        // Closing stdin ends the session even if the goodbye was lost; then wait for it.
-        drop(self.input.take());
-        self.end(false);
+        self.end(SHUTDOWN_GRACE);
     }
 }
 
 impl Drop for ChildSession {
     /// A session is never left behind: whatever path drops it, the child is reaped.
     fn drop(&mut self) {
-        drop(self.input.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.end(GRACE);
+        }
     }
 }

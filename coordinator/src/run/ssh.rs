@@ -30,6 +30,28 @@ pub const KEEPALIVE_COUNT: u32 = 3;
 pub const RECONNECT_BACKOFF_S: [f64; 4] = [1.0, 2.0, 4.0, 8.0];
 /// Where builds live on a node.
 const BIN_DIR: &str = "~/.cache/llem/bin";
+/// How long a remote command may take (the connection timeout and keepalives bound a
+/// dead network; this bounds a node that hangs).
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+/// How long an upload of the agent may take.
+const UPLOAD_LIMIT: Duration = Duration::from_secs(600);
+
+/// A path as an ssh `-o` value: quoted (it may hold spaces), `%` doubled (ssh expands
+/// `%` sequences there), then `suffix` (ssh's own `%` sequences, kept).
+fn option_path(path: &Path, suffix: &str) -> String {
+    format!("\"{}{suffix}\"", path.display().to_string().replace('%', "%%"))
+}
+
+/// Everything a pipe gives, read in a thread.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
 
 /// How to reach one node.
 #[derive(Debug, Clone)]
@@ -60,7 +82,7 @@ impl SshTarget {
         if let Some(config) = &self.node.ssh_config {
             c.arg("-F").arg(config);
         }
-        c.arg("-o").arg(format!("ControlPath={}/%C", self.control_dir.display()));
+        c.arg("-o").arg(format!("ControlPath={}", option_path(&self.control_dir, "/%C")));
         if let Some(p) = self.node.port {
             c.arg("-p").arg(p.to_string());
         }
@@ -88,7 +110,7 @@ impl SshTarget {
             c.arg("-o").arg(o);
         }
         if let Some(k) = &self.node.known_hosts {
-            c.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
+            c.arg("-o").arg(format!("UserKnownHostsFile={}", option_path(k, "")));
         }
         if let Some(i) = &self.node.identity_file {
             c.arg("-i").arg(i);
@@ -97,8 +119,10 @@ impl SshTarget {
         c
     }
 
-    /// Runs a fixed remote command (our constants only), optionally feeding stdin.
-    fn run(&self, remote: &str, stdin: Option<&[u8]>) -> Result<Output, ConnectError> {
+    /// Runs a fixed remote command (our constants only), optionally feeding stdin. One
+    /// that has not finished by `limit` (a hung file system on the node, say) is killed
+    /// and the node counts as unreachable: a slot is never left opening for ever.
+    fn run_within(&self, remote: &str, stdin: Option<&[u8]>, limit: Duration) -> Result<Output, ConnectError> {
         let unreachable = |e: std::io::Error, what: &str| ConnectError::Unreachable(format!("{what}: {e}"));
         std::fs::create_dir_all(&self.control_dir)
             .map_err(|e| unreachable(e, "cannot create the control directory"))?;
@@ -110,15 +134,41 @@ impl SshTarget {
         let mut child = c
             .spawn()
             .map_err(|e| ConnectError::Refused(format!("cannot start ssh (is the OpenSSH client installed?): {e}")))?;
-        if let (Some(bytes), Some(mut input)) = (stdin, child.stdin.take()) {
-            // A write that fails means ssh ended: its status and stderr say why.
-            let _ = input.write_all(bytes);
-        }
-        let out = child.wait_with_output().map_err(|e| unreachable(e, "cannot wait for ssh"))?;
+        // Fed and read from threads, so the deadline holds whatever ssh does.
+        let (input, bytes) = (child.stdin.take(), stdin.map(<[u8]>::to_vec));
+        let feeder = std::thread::spawn(move || {
+            if let (Some(bytes), Some(mut input)) = (bytes, input) {
+                // A write that fails means ssh ended: its status and stderr say why.
+                let _ = input.write_all(&bytes);
+            }
+        });
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            match child.try_wait().map_err(|e| unreachable(e, "cannot wait for ssh"))? {
+                Some(status) => break status,
+                None if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let secs = limit.as_secs();
+                    return Err(ConnectError::Unreachable(format!("`{remote}` on {} took over {secs} s", self.name)));
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        let _ = feeder.join();
+        let out =
+            Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() };
         if out.status.code() == Some(255) {
             return Err(self.connection_error(&String::from_utf8_lossy(&out.stderr)));
         }
         Ok(out)
+    }
+
+    /// [`SshTarget::run_within`] for a short command.
+    fn run(&self, remote: &str, stdin: Option<&[u8]>) -> Result<Output, ConnectError> {
+        self.run_within(remote, stdin, COMMAND_LIMIT)
     }
 
     /// `ssh -G`: the host name and port ssh will use for this node, its configuration
@@ -186,7 +236,7 @@ impl SshTarget {
         let install = format!(
             "mkdir -p {BIN_DIR} && {unpack} > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv {path}.tmp.$$ {path} && {path} --version && {prune}"
         );
-        let upload = self.run(&install, Some(bytes))?;
+        let upload = self.run_within(&install, Some(bytes), UPLOAD_LIMIT)?;
         if !upload.status.success() {
             return Err(ConnectError::Refused(format!(
                 "cannot install llem-agent on {}: {}",

@@ -130,15 +130,34 @@ fn a_connect_that_never_ends_does_not_hold_up_ctrl_c() {
     let (opening, opened) = channel();
     *slow.opening.lock().expect("lock") = Some(opening);
     let (_, a_dyn) = fake(slow);
-    let (_, b_dyn) = fake(Script { hold_runs: true, ..Script::default() });
+    let (b_runs_tx, b_runs) = channel();
+    let script_b = Script { hold_runs: true, ..Script::default() };
+    *script_b.runs.lock().expect("lock") = Some(b_runs_tx);
+    let (b, b_dyn) = fake(script_b);
     let done = dispatch(dir.path(), plan_in(dir.path(), JOBS), Earlier::default(), vec![a_dyn, b_dyn], |tx| {
         opened.recv_timeout(STUCK).expect("the slow node's open began");
         tx.send(super::connect::Incoming::Interrupt).expect("interrupt");
     });
+    assert!(b_runs.try_recv().is_err(), "nothing ran while node a's outbox could still hold a result");
+    let _ = b;
     assert_eq!(done.ending, Ending::Interrupted);
     assert_eq!(done.events("interrupted").len(), 1);
     assert!(done.events("finished").is_empty());
     drop(gate);
+}
+
+#[test]
+fn an_agent_that_crashes_on_every_probe_loses_its_node_instead_of_looping() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (crashing, a_dyn) = fake(Script { crash_on_probe: true, ..Script::default() });
+    let one_node = JOBS.replace("  - {name: b, host: b}\n", "");
+    let done = dispatch(dir.path(), plan_in(dir.path(), &one_node), Earlier::default(), vec![a_dyn], |_| {});
+    assert_eq!(done.ending, Ending::SomeFailed);
+    let opens = crashing.script.opens.load(Ordering::SeqCst);
+    assert_eq!(opens, 1 + super::lifecycle::STALLED_RECONNECTS, "opened, then reconnected until given up");
+    let failed = done.events("failed");
+    assert_eq!(failed.len(), 6, "every job fails: no node is left");
+    assert!(failed.iter().all(|f| f["retryable"] == false));
 }
 
 #[test]
@@ -170,7 +189,8 @@ fn an_outbox_from_an_earlier_run_is_collected_not_run_again() {
     let script = Script::default();
     script.outbox.lock().expect("lock").insert(early.clone(), spec);
     let (a, a_dyn) = fake(script);
-    let earlier = Earlier { done: Vec::new(), attempts: [(early.job_id.clone(), 1)].into_iter().collect() };
+    let attempts = [(early.job_id.clone(), 1)].into_iter().collect();
+    let earlier = Earlier { attempts, ..Earlier::default() };
     let done = dispatch(dir.path(), plan, earlier, vec![a_dyn], |_| {});
     assert_eq!(done.ending, Ending::AllSucceeded);
     let dispatched_early = done.events("dispatched").iter().filter(|r| r["job"] == early.job_id.as_str()).count();
@@ -288,7 +308,7 @@ fn nothing_starts_while_another_agent_is_still_sending_its_outbox() {
     let (a, b) = (Recorder::default(), Recorder::default());
     // Both sessions are opening, as the loop starts them: both outboxes are awaited.
     for slot in [0, 1] {
-        d.sessions[slot] = SlotSession::Opening { generation: 1 };
+        d.sessions[slot] = SlotSession::Opening { generation: 1, queued: Vec::new(), ended: None };
         d.awaiting_outbox.insert(slot, d.now());
     }
     let feed = |d: &mut Dispatcher<'_>, message: Incoming| {
@@ -324,4 +344,107 @@ fn nothing_starts_while_another_agent_is_still_sending_its_outbox() {
     let started: Vec<String> = a.runs().into_iter().chain(b.runs()).collect();
     assert_eq!(started.len(), 2, "{started:?}");
     assert!(!started.contains(&early.job_id), "{started:?}");
+}
+
+/// A dispatcher over two nodes whose sessions the test opens and feeds by hand.
+struct Driven {
+    _dir: tempfile::TempDir,
+    plan: &'static Plan,
+    run: &'static RunDir,
+}
+
+impl Driven {
+    fn new() -> Driven {
+        let dir = tempfile::tempdir().expect("tmp");
+        let plan: &'static Plan = Box::leak(Box::new(plan_in(dir.path(), JOBS)));
+        let (run, _) = RunDir::create(plan, &dir.path().join("runs")).expect("run dir");
+        Driven { plan, run: Box::leak(Box::new(run)), _dir: dir }
+    }
+
+    fn dispatcher(&self) -> super::dispatcher::Dispatcher<'static> {
+        let journal = super::journal::Journal::append_to(&self.run.journal_path()).expect("journal");
+        let (tx, rx) = channel();
+        std::mem::forget(rx);
+        let connectors: Vec<Arc<dyn Connector>> = vec![fake(Script::default()).1, fake(Script::default()).1];
+        super::dispatcher::Dispatcher::new(self.plan, self.run, journal, &Earlier::default(), &connectors, tx)
+            .expect("dispatcher")
+    }
+}
+
+fn feed(d: &mut super::dispatcher::Dispatcher<'_>, message: super::connect::Incoming) {
+    if let Some(event) = d.incoming(message, d.now()).expect("handled") {
+        d.step(event).expect("step");
+    }
+}
+
+fn open_and_probe(d: &mut super::dispatcher::Dispatcher<'_>, slot: usize, generation: u64, session: &Recorder) {
+    use super::connect::Incoming;
+    use llem_common::protocol::FromAgent;
+    d.sessions[slot] = super::dispatcher::SlotSession::Opening { generation, queued: Vec::new(), ended: None };
+    let now = d.now();
+    d.awaiting_outbox.entry(slot).or_insert(now);
+    feed(d, Incoming::Opened { slot, generation, outcome: Ok(Box::new(session.clone())) });
+    let report = llem_common::probe::ProbeReport { node: Default::default(), energy_sources: vec![] };
+    feed(d, Incoming::Agent { slot, message: FromAgent::Probed { report: Box::new(report) } });
+}
+
+#[test]
+fn after_a_connection_drops_nothing_starts_elsewhere_until_the_node_has_resent_its_outbox() {
+    use super::connect::Incoming;
+    use llem_common::protocol::FromAgent;
+    let driven = Driven::new();
+    let mut d = driven.dispatcher();
+    let (a, b) = (Recorder::default(), Recorder::default());
+    open_and_probe(&mut d, 0, 1, &a);
+    feed(&mut d, Incoming::Agent { slot: 0, message: FromAgent::OutboxResent { count: 0 } });
+    let started = a.runs();
+    assert_eq!(started.len(), 1, "node a runs a job");
+    // Node a's connection drops mid-job; node b comes up idle.
+    feed(&mut d, Incoming::Gone { slot: 0, generation: 1, why: "link down".into() });
+    open_and_probe(&mut d, 1, 2, &b);
+    feed(&mut d, Incoming::Agent { slot: 1, message: FromAgent::OutboxResent { count: 0 } });
+    assert!(b.runs().is_empty(), "the lost job may have finished on node a: nothing starts until a says so");
+    // Node a is back and hands over the job that finished while it was cut off.
+    let (a2, job) = (Recorder::default(), AttemptId { job_id: started[0].clone(), attempt: 1 });
+    open_and_probe(&mut d, 0, 3, &a2);
+    let exp = &driven.plan.expansion;
+    let index = exp.jobs.iter().position(|j| exp.job_id(j) == job.job_id).expect("job");
+    let spec = point_spec(&driven.plan.sweep, exp, &exp.points[exp.jobs[index].point as usize]);
+    let result = Box::new(super::fake::result_of(&job, &spec));
+    feed(
+        &mut d,
+        Incoming::Agent { slot: 0, message: FromAgent::Finished { id: job.clone(), result, artifacts: vec![] } },
+    );
+    feed(&mut d, Incoming::Agent { slot: 0, message: FromAgent::OutboxResent { count: 1 } });
+    let now_started: Vec<String> = a2.runs().into_iter().chain(b.runs()).collect();
+    assert_eq!(now_started.len(), 2, "{now_started:?}");
+    assert!(!now_started.contains(&job.job_id), "the collected job ran again: {now_started:?}");
+}
+
+#[test]
+fn what_an_agent_sends_before_its_session_is_reported_open_is_not_lost() {
+    use super::connect::Incoming;
+    use llem_common::protocol::{FromAgent, ToAgent};
+    let driven = Driven::new();
+    let mut d = driven.dispatcher();
+    // The agent re-sends an attempt from its outbox before `Opened` reaches the loop: the
+    // acknowledgement waits for the session, then goes out.
+    d.sessions[0] = super::dispatcher::SlotSession::Opening { generation: 1, queued: Vec::new(), ended: None };
+    let exp = &driven.plan.expansion;
+    let early = AttemptId { job_id: exp.job_id(&exp.jobs[0]), attempt: 1 };
+    let spec = point_spec(&driven.plan.sweep, exp, &exp.points[exp.jobs[0].point as usize]);
+    let result = Box::new(super::fake::result_of(&early, &spec));
+    feed(
+        &mut d,
+        Incoming::Agent { slot: 0, message: FromAgent::Finished { id: early.clone(), result, artifacts: vec![] } },
+    );
+    let a = Recorder::default();
+    feed(&mut d, Incoming::Opened { slot: 0, generation: 1, outcome: Ok(Box::new(a.clone())) });
+    let sent = a.0.lock().expect("lock").clone();
+    assert!(sent.contains(&ToAgent::Ack { id: early }), "{sent:?}");
+    // A session whose stream ended before it was reported open counts as gone.
+    d.sessions[1] = super::dispatcher::SlotSession::Opening { generation: 2, queued: Vec::new(), ended: None };
+    feed(&mut d, Incoming::Gone { slot: 1, generation: 2, why: "exited".into() });
+    feed(&mut d, Incoming::Opened { slot: 1, generation: 2, outcome: Ok(Box::new(Recorder::default())) });
+    assert!(!matches!(d.sessions[1], super::dispatcher::SlotSession::Open { .. }), "a dead session is not used");
 }

@@ -50,6 +50,10 @@ pub struct Slot {
     pub node: u16,
     pub kind: SlotKind,
     busy: Option<u32>,
+    /// Busy with an attempt that is no longer needed (its job finished by an earlier
+    /// attempt, delivered late): the slot stays busy until that attempt reports, or the
+    /// agent would be sent a new job while it is still stopping the old one.
+    draining: Option<(u32, u32)>,
     /// No agent session (not yet connected, or dropped and reconnecting).
     down: bool,
     ready_at: f64,
@@ -59,7 +63,7 @@ pub struct Slot {
 impl Slot {
     /// A slot whose session is not up yet (`SlotUp` brings it up).
     pub fn new(node: u16, kind: SlotKind) -> Self {
-        Slot { node, kind, busy: None, down: true, ready_at: 0.0, last_cycle: None }
+        Slot { node, kind, busy: None, draining: None, down: true, ready_at: 0.0, last_cycle: None }
     }
 
     fn fits(&self, need: Need) -> bool {
@@ -234,6 +238,8 @@ pub struct State {
     pub states: Vec<JobState>,
     /// Attempts started per job (attempt numbers count from 1).
     pub attempts: Vec<u32>,
+    /// Failures per job that count against `retries` (cancellations do not).
+    failures: Vec<u32>,
     pub slots: Vec<Slot>,
     lost_nodes: Vec<u16>,
     /// Per node: its probe.
@@ -247,6 +253,9 @@ pub struct State {
     /// Which jobs some live slot can serve must be worked out again (at the start, when a
     /// node is lost, when a model turns out unavailable).
     servability_changed: bool,
+    /// Whether a probe or a preparation may be due (a session came or went, an answer
+    /// arrived): otherwise working it out would scan every job on every event.
+    questions_due: bool,
     /// Start nothing (results may still be on their way from outboxes).
     held: bool,
     announced_done: bool,
@@ -268,6 +277,7 @@ impl State {
             jobs,
             states: vec![JobState::Pending; n],
             attempts: vec![0; n],
+            failures: vec![0; n],
             slots,
             lost_nodes: Vec::new(),
             probes: vec![Readiness::Unknown; nodes],
@@ -277,6 +287,7 @@ impl State {
             cycle_gap_s,
             cancelled: false,
             servability_changed: true,
+            questions_due: true,
             held: false,
             announced_done: false,
         }
@@ -285,11 +296,17 @@ impl State {
     /// Marks a job finished by an earlier attempt (resume, or an outbox delivery): it is
     /// never run again, and a slot it occupies is freed.
     pub fn mark_done(&mut self, job: u32, attempt: u32) {
-        if let JobState::Running { slot, .. } = self.states[job as usize] {
-            self.slots[slot as usize].busy = None;
+        if let JobState::Running { slot, attempt: running } = self.states[job as usize] {
+            // The newer attempt still runs until it reports (it is being cancelled).
+            self.slots[slot as usize].draining = Some((job, running));
         }
         self.states[job as usize] = JobState::Succeeded { attempt };
         self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
+    }
+
+    /// Failures a job had in earlier runs (resume): they count against `retries`.
+    pub fn set_failures(&mut self, job: u32, failures: u32) {
+        self.failures[job as usize] = failures;
     }
 
     /// Marks jobs that failed for good in an earlier run (resume without --retry-failed).
@@ -315,15 +332,17 @@ impl State {
         self.cancelled
     }
 
-    /// **The retry rule**, the one place it is written: what becomes of attempt `attempt`
-    /// of a job that failed for `kind`. A failure that may pass on retry is retried while
-    /// retries are left; during a cancellation it counts as cancelled (resume runs it
-    /// again); a cancellation is never a failure of the job.
-    pub fn after_failure(&self, kind: FailureKind, attempt: u32) -> AfterFailure {
+    /// **The retry rule**, the one place it is written: what becomes of a job whose
+    /// running attempt failed for `kind`. A failure that may pass on retry is retried while
+    /// the job has had no more than `retries` failures (this one included); during a
+    /// cancellation it counts as cancelled (resume runs it again); a cancellation is never
+    /// a failure of the job, and uses up no retry.
+    pub fn after_failure(&self, job: u32, kind: FailureKind) -> AfterFailure {
+        let failures = self.failures[job as usize] + 1;
         match (kind, kind.may_pass_on_retry()) {
             (FailureKind::Cancelled, _) | (_, true) if self.cancelled => AfterFailure::Cancelled,
             (FailureKind::Cancelled, _) => AfterFailure::Cancelled,
-            (_, true) if attempt <= self.retries => AfterFailure::Retry,
+            (_, true) if failures <= self.retries => AfterFailure::Retry,
             _ => AfterFailure::Final,
         }
     }
@@ -335,20 +354,28 @@ impl State {
         })
     }
 
+    /// Frees the slot an attempt ran on; true when it was the job's running attempt (a
+    /// redundant one that ends frees its slot, and changes nothing else).
     fn free_slot(&mut self, job: usize, attempt: u32, now: f64) -> bool {
-        if let JobState::Running { attempt: a, slot } = self.states[job] {
-            if a == attempt {
-                let s = &mut self.slots[slot as usize];
-                s.busy = None;
-                s.ready_at = now + self.gap_s;
-                return true;
-            }
+        let (slot, running) = match self.states[job] {
+            JobState::Running { attempt: a, slot } if a == attempt => (Some(slot as usize), true),
+            _ => (self.slots.iter().position(|s| s.draining == Some((job as u32, attempt))), false),
+        };
+        if let Some(slot) = slot {
+            let s = &mut self.slots[slot];
+            s.busy = None;
+            s.draining = None;
+            s.ready_at = now + self.gap_s;
         }
-        false
+        running
     }
 
     fn fail_attempt(&mut self, job: usize, attempt: u32, kind: FailureKind) {
-        self.states[job] = match self.after_failure(kind, attempt) {
+        let after = self.after_failure(job as u32, kind);
+        if after != AfterFailure::Cancelled {
+            self.failures[job] += 1;
+        }
+        self.states[job] = match after {
             AfterFailure::Retry => JobState::Pending,
             AfterFailure::Final => JobState::Failed { attempt, kind },
             AfterFailure::Cancelled => JobState::Cancelled,
@@ -361,6 +388,10 @@ impl State {
 
     /// The attempt running on a slot is lost with its session.
     fn lose_attempt_on(&mut self, slot: usize, now: f64) {
+        if self.slots[slot].draining.take().is_some() {
+            self.slots[slot].busy = None;
+            return;
+        }
         if let Some(j) = self.slots[slot].busy {
             if let JobState::Running { attempt, .. } = self.states[j as usize] {
                 self.free_slot(j as usize, attempt, now);
@@ -381,6 +412,9 @@ impl State {
 
     /// Probes, then preparations, on nodes with an up slot.
     fn ask(&mut self, effects: &mut Vec<Effect>) {
+        if !std::mem::take(&mut self.questions_due) {
+            return;
+        }
         for node in 0..self.probes.len() {
             let Some(slot) = self.slots.iter().position(|s| s.node as usize == node && self.live(s)) else { continue };
             match self.probes[node] {
@@ -394,7 +428,9 @@ impl State {
             }
             let mut needed: Vec<u32> = Vec::new();
             for (j, job) in self.jobs.iter().enumerate() {
-                if let (Some(m), JobState::Pending) = (job.model, self.states[j]) {
+                // Running jobs too: one that fails runs again, perhaps here.
+                let live = matches!(self.states[j], JobState::Pending | JobState::Running { .. });
+                if let (Some(m), true) = (job.model, live) {
                     if job.nodes.contains(&(node as u16)) && !needed.contains(&m) {
                         needed.push(m);
                     }
@@ -546,10 +582,12 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
         Event::Tick { now } => now,
         Event::SlotUp { slot, now } => {
             state.slots[slot as usize].down = false;
+            state.questions_due = true;
             now
         }
         Event::SlotDown { slot, now } => {
             state.slots[slot as usize].down = true;
+            state.questions_due = true;
             state.lose_attempt_on(slot as usize, now);
             state.forget_questions_on(slot);
             now
@@ -557,6 +595,7 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
         Event::NodeLost { node, now } => {
             state.lost_nodes.push(node);
             state.servability_changed = true;
+            state.questions_due = true;
             for slot in 0..state.slots.len() {
                 if state.slots[slot].node == node {
                     state.lose_attempt_on(slot, now);
@@ -569,6 +608,7 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
             if let Some(p) = state.probes.get_mut(node as usize) {
                 *p = Readiness::Ready;
             }
+            state.questions_due = true;
             now
         }
         Event::Prepared { node, model, ok, now } => {
@@ -576,6 +616,7 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
                 *m = if ok { Readiness::Ready } else { Readiness::Unavailable };
             }
             state.servability_changed |= !ok;
+            state.questions_due = true;
             now
         }
         Event::Succeeded { job, attempt, now } => {

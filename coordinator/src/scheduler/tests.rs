@@ -140,14 +140,48 @@ fn retries_get_new_attempts_then_fail() {
 
 #[test]
 fn the_kind_decides_the_retry_not_the_words() {
-    let s = State::new(vec![cpu_job(1, vec![])], vec![Slot::new(0, SlotKind::Cpu)], 3, 0.0, 0.0);
+    let mut s = State::new(vec![cpu_job(1, vec![])], vec![Slot::new(0, SlotKind::Cpu)], 3, 0.0, 0.0);
     for kind in [FailureKind::EngineError, FailureKind::Timeout, FailureKind::LostConnection, FailureKind::Busy] {
-        assert_eq!(s.after_failure(kind, 1), AfterFailure::Retry, "{kind:?}");
-        assert_eq!(s.after_failure(kind, 4), AfterFailure::Final, "{kind:?}: retries used up");
+        assert_eq!(s.after_failure(0, kind), AfterFailure::Retry, "{kind:?}");
     }
-    assert_eq!(s.after_failure(FailureKind::OutOfMemory, 1), AfterFailure::Final);
-    assert_eq!(s.after_failure(FailureKind::BadJob, 1), AfterFailure::Final);
-    assert_eq!(s.after_failure(FailureKind::Cancelled, 1), AfterFailure::Cancelled);
+    assert_eq!(s.after_failure(0, FailureKind::OutOfMemory), AfterFailure::Final);
+    assert_eq!(s.after_failure(0, FailureKind::BadJob), AfterFailure::Final);
+    assert_eq!(s.after_failure(0, FailureKind::Cancelled), AfterFailure::Cancelled);
+    // Three failures in earlier runs: the fourth is final.
+    s.set_failures(0, 3);
+    assert_eq!(s.after_failure(0, FailureKind::EngineError), AfterFailure::Final, "retries used up");
+}
+
+#[test]
+fn a_cancellation_uses_up_no_retry() {
+    let mut s = State::new(vec![cpu_job(1, vec![])], vec![Slot::new(0, SlotKind::Cpu)], 1, 0.0, 0.0);
+    assert_eq!(dispatched(&connect_all(&mut s, 0.0)), vec![(0, 1)]);
+    // A redundant attempt cancelled (say) is no failure: the job still has its one retry.
+    let e = on_event(&mut s, fail(0, 1, FailureKind::Cancelled, 1.0));
+    assert_eq!(s.states[0], JobState::Cancelled);
+    assert!(e.contains(&Effect::AllDone));
+    let mut s = State::new(vec![cpu_job(1, vec![])], vec![Slot::new(0, SlotKind::Cpu)], 1, 0.0, 0.0);
+    s.attempts[0] = 1; // an earlier run's attempt 1 was interrupted
+    assert_eq!(dispatched(&connect_all(&mut s, 0.0)), vec![(0, 2)]);
+    assert_eq!(dispatched(&on_event(&mut s, fail(0, 2, FailureKind::EngineError, 1.0))), vec![(0, 3)], "its retry");
+}
+
+#[test]
+fn a_slot_whose_attempt_became_redundant_waits_for_it_to_stop() {
+    // Job 0's attempt 2 runs when its attempt 1 arrives from an outbox: 2 is cancelled,
+    // and its slot takes nothing new until 2 has reported.
+    let mut s =
+        State::new(vec![cpu_job(1, vec![]), cpu_job(1, vec![])], vec![Slot::new(0, SlotKind::Cpu)], 1, 0.0, 0.0);
+    s.attempts[0] = 1;
+    assert_eq!(dispatched(&connect_all(&mut s, 0.0)), vec![(0, 2)]);
+    s.mark_done(0, 1);
+    assert!(
+        dispatched(&on_event(&mut s, Event::Tick { now: 1.0 })).is_empty(),
+        "the agent is still stopping attempt 2"
+    );
+    let e = on_event(&mut s, fail(0, 2, FailureKind::Cancelled, 2.0));
+    assert_eq!(dispatched(&e), vec![(1, 1)]);
+    assert_eq!(s.states[0], JobState::Succeeded { attempt: 1 }, "the late report changes nothing else");
 }
 
 #[test]

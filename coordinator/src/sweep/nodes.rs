@@ -80,6 +80,20 @@ impl Loader {
             );
             return None;
         };
+        // ssh takes what starts with `-` as an option (`-oProxyCommand=…` would run a
+        // local command): a host or user is a plain word.
+        let plain = |s: &str| !s.starts_with('-') && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !plain(&host) {
+            self.errors.push(
+                Diagnostic::at(*span, format!("`host` {host:?} is not a host name"))
+                    .with_help("a host name, an address or an ~/.ssh/config alias: no spaces, not starting with `-`"),
+            );
+            return None;
+        }
+        if let Some(u) = raw.user.as_ref().filter(|u| !plain(&u.value) || u.value.is_empty()) {
+            self.errors.push(Diagnostic::at(u.span, format!("`user` {:?} is not a user name", u.value)));
+            return None;
+        }
         if let Some(p) = raw.port.as_ref().filter(|p| p.value == 0) {
             self.errors.push(Diagnostic::at(p.span, "`port` must be between 1 and 65535"));
             return None;

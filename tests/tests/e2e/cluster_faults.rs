@@ -84,6 +84,13 @@ fn run_dir(dir: &Path) -> PathBuf {
     std::fs::read_dir(dir.join("runs")).expect("runs").flatten().next().expect("run").path()
 }
 
+/// The run's identity on the nodes (its outbox's name), from the journal's header.
+fn run_id(run: &Path) -> String {
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
+    let header: serde_json::Value = serde_json::from_str(journal.lines().next().expect("header")).expect("json");
+    header["run_id"].as_str().expect("run_id").to_owned()
+}
+
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
@@ -161,7 +168,7 @@ fn a_partitioned_node_reconnects_and_nothing_is_lost_or_repeated() {
     // Wait until the node has the job (the `run` message could still be on the wire,
     // and would then be lost with the connection): its outbox directory appears when it
     // starts.
-    let run_name = run_dir(dir.path()).file_name().expect("run name").to_owned();
+    let run_name = run_id(&run_dir(dir.path()));
     let started = nodes[0].dir.join("state/outbox").join(run_name).join(&job).join("attempt-1");
     poll_until("the node to start the job", || started.exists());
     // Link down mid-job: packets vanish, nothing is reset; the keepalives notice.
@@ -197,7 +204,7 @@ fn a_result_finished_while_the_coordinator_died_is_collected_on_resume() {
     // Freeze the coordinator mid-job, let the job finish on the node, then kill it: the
     // result exists only in the node's outbox.
     llem.signal("-STOP");
-    let run_name = run_dir(dir.path()).file_name().expect("run name").to_owned();
+    let run_name = run_id(&run_dir(dir.path()));
     let outbox = nodes[0].dir.join("state/outbox").join(run_name).join(&job).join("attempt-1");
     poll_until("the result in the outbox", || outbox.join("result.json").exists());
     llem.signal("-KILL");

@@ -148,3 +148,25 @@ fn bad_input_exits_2_with_a_sentence() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
     assert!(text(&out).1.contains("cannot be read"), "{}", text(&out).1);
 }
+
+#[test]
+fn resume_goes_on_with_its_copy_when_only_some_files_moved() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        "model: synthetic\nengine: synthetic\nn_prompts: 1\nmax_output_tokens: 2\nmeasurement: {baseline: {duration_s: 0}, warmup: {prompts: 0}, thermal_floor: {max_s: 0}}\nexecution: {cycles: 1}\n",
+    )
+    .expect("base");
+    std::fs::write(dir.path().join("s.yaml"), "name: partial\nbase: base.yaml\nsweep: {batch_size: [1, 2]}\n")
+        .expect("top");
+    let out = llem(dir.path(), dir.path(), &["run", "s.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    // The top file stays; its base goes.
+    std::fs::rename(dir.path().join("base.yaml"), dir.path().join("base.yaml.away")).expect("move");
+    let run = run_dir(&dir.path().join("runs"));
+    let out = llem(dir.path(), dir.path(), &["resume", run.to_str().expect("utf8")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("going on with the run's own copy"), "{stderr}");
+    assert!(stdout.contains("2 of 2 jobs finished"), "{stdout}");
+}
