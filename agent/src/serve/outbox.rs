@@ -4,12 +4,13 @@
 //! sha256 of every file). The coordinator acknowledges only a delivery that matches its
 //! manifest; anything else it asks for again (`resend`), so a partial send loses nothing.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use llem_common::protocol::{is_safe_artifact_name, write_frame, ArtifactEntry, AttemptId, FromAgent, CHUNK_BYTES};
+use llem_common::protocol::{
+    is_safe_artifact_name, read_full, write_frame, ArtifactEntry, AttemptId, FromAgent, CHUNK_BYTES,
+};
 use llem_common::result::JobResult;
 use sha2::{Digest, Sha256};
 
@@ -123,7 +124,7 @@ fn send_file(out: &Out, id: &AttemptId, path: &Path, name: &str) -> std::io::Res
     let mut buf = vec![0u8; CHUNK_BYTES];
     let mut offset = 0u64;
     loop {
-        let n = read_up_to(&mut file, &mut buf)?;
+        let n = read_full(&mut file, &mut buf)?;
         if n > 0 || offset == 0 {
             hasher.update(&buf[..n]);
             let base64 = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
@@ -136,18 +137,4 @@ fn send_file(out: &Out, id: &AttemptId, path: &Path, name: &str) -> std::io::Res
     }
     let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(ArtifactEntry { name: name.to_owned(), bytes: offset, sha256 })
-}
-
-/// Fills `buf` as far as the file allows.
-fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }

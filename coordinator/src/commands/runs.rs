@@ -122,7 +122,7 @@ fn sweep_to_resume(
             journal
                 .append(&Record::SweepChanged { snapshot: copy, source_hash, at: llem_common::util::now_rfc3339() })
                 .context("cannot append to the journal")?;
-            run.replace_plan(&plan)?;
+            run.write_plan(&plan)?;
             Ok(plan)
         }
         (Some(s), _) => Err(Expected::SweepChanged { what: s.path.display().to_string() }.into()),

@@ -30,7 +30,8 @@ impl Dispatcher<'_> {
         match message {
             FromAgent::Hello(theirs) => match Hello::new("coordinator").check(&theirs) {
                 Ok(()) => Ok(None),
-                Err(e) => self.refuse_node(slot, &e.to_string()),
+                // Another protocol: nothing can be done with that node's agents.
+                Err(e) => self.node_lost(self.node_of(slot), &e.to_string()),
             },
             FromAgent::OutboxResent { count } => {
                 if count > 0 {

@@ -244,12 +244,6 @@ impl Dispatcher<'_> {
         self.stalls[node] = 0;
     }
 
-    /// The agent on `slot` speaks another protocol: nothing can be done with it.
-    pub(super) fn refuse_node(&mut self, slot: usize, why: &str) -> Result<Option<Event>> {
-        let node = self.node_of(slot);
-        self.node_lost(node, why)
-    }
-
     /// A question went to a slot's agent.
     pub(super) fn asked(&mut self, slot: usize) {
         let now = self.now();

@@ -160,7 +160,8 @@ impl RunDir {
         sweep::load_copy(&copy_root.join(&snapshot.top), copy)
     }
 
-    fn write_plan(&self, plan: &Plan) -> Result<(), RunDirError> {
+    /// Writes plan.json (again, for a changed sweep).
+    pub fn write_plan(&self, plan: &Plan) -> Result<(), RunDirError> {
         let jobs: Vec<serde_json::Value> = plan
             .expansion
             .jobs
@@ -178,11 +179,6 @@ impl RunDir {
                       "jobs": plan.graph.node_weights().filter(|t| matches!(t, Task::Job { .. })).count()},
         });
         write(&self.path.join("plan.json"), &serde_json::to_vec_pretty(&plan_json).unwrap_or_default())
-    }
-
-    /// Rewrites plan.json for a changed sweep.
-    pub fn replace_plan(&self, plan: &Plan) -> Result<(), RunDirError> {
-        self.write_plan(plan)
     }
 
     /// Stores what a node's probe reported.

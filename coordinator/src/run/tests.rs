@@ -133,13 +133,12 @@ fn a_connect_that_never_ends_does_not_hold_up_ctrl_c() {
     let (b_runs_tx, b_runs) = channel();
     let script_b = Script { hold_runs: true, ..Script::default() };
     *script_b.runs.lock().expect("lock") = Some(b_runs_tx);
-    let (b, b_dyn) = fake(script_b);
+    let (_, b_dyn) = fake(script_b);
     let done = dispatch(dir.path(), plan_in(dir.path(), JOBS), Earlier::default(), vec![a_dyn, b_dyn], |tx| {
         opened.recv_timeout(STUCK).expect("the slow node's open began");
         tx.send(super::connect::Incoming::Interrupt).expect("interrupt");
     });
     assert!(b_runs.try_recv().is_err(), "nothing ran while node a's outbox could still hold a result");
-    let _ = b;
     assert_eq!(done.ending, Ending::Interrupted);
     assert_eq!(done.events("interrupted").len(), 1);
     assert!(done.events("finished").is_empty());
