@@ -132,6 +132,11 @@ pub fn run_job_observed(
     result.sampling.timeseries_rows = rows.len() as u64;
     let parquet = timeseries::to_parquet(&rows).map_err(io_step("encode timeseries.parquet"))?;
     fsutil::write_atomic(&out.join("timeseries.parquet"), &parquet).map_err(io_step("write timeseries.parquet"))?;
+    let served = crate::requests::rows(&measured.requests, &measured.per_request_j, measured.window_start);
+    if !served.is_empty() {
+        let parquet = crate::requests::to_parquet(&served).map_err(io_step("encode requests.parquet"))?;
+        fsutil::write_atomic(&out.join("requests.parquet"), &parquet).map_err(io_step("write requests.parquet"))?;
+    }
     let json = serde_json::to_vec_pretty(&result).map_err(io_step("encode result.json"))?;
     fsutil::write_atomic(&out.join("result.json"), &json).map_err(io_step("write result.json"))?;
     Ok(result)

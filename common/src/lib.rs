@@ -9,6 +9,7 @@ pub mod failure;
 pub mod probe;
 pub mod protocol;
 pub mod result;
+pub mod serving;
 pub mod spec;
 pub mod util;
 pub mod yaml;

@@ -7,10 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::serving::{Distribution, ServingResult, SteadyState, TokenCountMethod};
 use crate::spec::ExperimentSpec;
 
 /// The version written by this build.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the optional `serving` section (server jobs) and `spec` fields of `engine: openai`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
@@ -35,6 +37,9 @@ pub struct JobResult {
     /// UTC, RFC 3339, when the job (lock taken) started and ended.
     pub started_at: String,
     pub finished_at: String,
+    /// `engine: openai`: the server under load (absent for other engines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<ServingResult>,
 }
 
 /// The environment a result was measured in.

@@ -55,6 +55,11 @@ impl std::fmt::Debug for PhaseObserver {
 #[derive(Debug)]
 pub struct Measured {
     pub result: JobResult,
+    /// Every measured request, and the energy attributed to each (server jobs).
+    pub requests: Vec<RequestMetrics>,
+    pub per_request_j: Vec<Option<f64>>,
+    /// The window's start on the engine clock (request times are on it too).
+    pub window_start: f64,
     /// Samples inside the measured window, times relative to its start.
     pub window: Vec<Sample>,
     pub devices: Vec<SensedDevice>,
@@ -146,6 +151,17 @@ where
         input: requests.iter().map(|r| r.input_tokens).sum(),
         output: requests.iter().map(|r| r.output_tokens).sum(),
     };
+    let serving = spec.load.as_ref().and_then(|load| {
+        let window = crate::serving::Window {
+            t0,
+            t1,
+            samples: &samples,
+            devices: devices.len(),
+            total_j: energy.total_j,
+            baseline_w: baseline.power_w,
+        };
+        crate::serving::compute(&requests, &window, load, engine.server_name())
+    });
     let energy = Energy {
         j_per_output_token: energy.total_j.filter(|_| tokens.output > 0).map(|j| j / tokens.output as f64),
         j_per_output_token_adjusted: energy.adjusted_j.filter(|_| tokens.output > 0).map(|j| j / tokens.output as f64),
@@ -185,6 +201,13 @@ where
         },
     };
 
+    let (serving, per_request_j) = match serving {
+        Some(c) => {
+            warnings.extend(c.warnings);
+            (Some(c.result), c.per_request_j)
+        }
+        None => (None, Vec::new()),
+    };
     let window: Vec<Sample> = samples.iter().map(|s| Sample { t: s.t - t0, readings: s.readings.clone() }).collect();
     let result = JobResult {
         schema_version: SCHEMA_VERSION,
@@ -208,8 +231,9 @@ where
         warnings,
         started_at: crate::clock::rfc3339(started_at),
         finished_at: crate::clock::rfc3339(clock.unix_now()),
+        serving,
     };
-    Ok(Measured { result, window, devices })
+    Ok(Measured { result, requests, per_request_j, window_start: t0, window, devices })
 }
 
 fn baseline<C, M, B>(
@@ -359,9 +383,11 @@ fn energy_of(
 }
 
 fn latency(requests: &[RequestMetrics]) -> Latency {
-    let ttft: Vec<f64> = requests.iter().filter_map(|r| r.ttft_ms).collect();
-    let itl: Vec<f64> = requests.iter().flat_map(|r| r.itl_ms.iter().copied()).collect();
-    let req: Vec<f64> = requests.iter().map(|r| r.request_ms).collect();
+    // A failed request's latency describes the failure, not the server.
+    let ok = || requests.iter().filter(|r| !r.failed());
+    let ttft: Vec<f64> = ok().filter_map(|r| r.ttft_ms).collect();
+    let itl: Vec<f64> = ok().flat_map(|r| r.itl_ms.iter().copied()).collect();
+    let req: Vec<f64> = ok().map(|r| r.request_ms).collect();
     Latency { ttft_ms: Stats::of(&ttft), itl_ms: Stats::of(&itl), request_ms: Stats::of(&req) }
 }
 

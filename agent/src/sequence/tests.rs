@@ -102,6 +102,7 @@ impl Engine for FakeEngine {
                     ttft_ms: Some(5.0),
                     itl_ms: vec![1.0; self.tokens_per_prompt.saturating_sub(1) as usize],
                     request_ms: self.ms_per_prompt,
+                    served: None,
                 }
             })
             .collect())

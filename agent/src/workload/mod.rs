@@ -11,6 +11,7 @@ use crate::clock::Clock;
 
 pub mod candle;
 pub mod command;
+pub mod openai;
 pub mod synthetic;
 
 /// What loading left behind.
@@ -30,6 +31,36 @@ pub struct RequestMetrics {
     /// Gaps between consecutive output tokens.
     pub itl_ms: Vec<f64>,
     pub request_ms: f64,
+    /// A request to a server (`engine: openai`): its timeline, for the load metrics,
+    /// the steady state and per-request energy.
+    pub served: Option<Box<ServedRequest>>,
+}
+
+impl RequestMetrics {
+    /// Whether it failed (a server request that got no complete answer).
+    pub fn failed(&self) -> bool {
+        self.served.as_ref().is_some_and(|s| s.error.is_some())
+    }
+}
+
+/// One request to a server. Times are the engine clock's seconds (the meter's too).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServedRequest {
+    pub index: u32,
+    pub prompt: String,
+    /// Open loop: when it was due.
+    pub scheduled: Option<f64>,
+    pub sent: f64,
+    pub end: f64,
+    /// Each token-bearing event: when it arrived and how many tokens it carried (when
+    /// known exactly).
+    pub events: Vec<(f64, Option<u32>)>,
+    /// Exact counts, by [`ServedRequest::method`]; `None` when not known.
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub method: llem_common::result::TokenCountMethod,
+    pub status: Option<u16>,
+    pub error: Option<String>,
 }
 
 /// A request to stop the running job, shared with the engine, which checks it between
@@ -97,6 +128,10 @@ pub trait Engine {
     fn measure(&mut self) -> Result<Vec<RequestMetrics>, EngineError>;
     /// Waits until the device has finished all queued work (GPU engines).
     fn sync(&mut self) {}
+    /// A server engine: the server as it names itself (`/v1/models` `owned_by`).
+    fn server_name(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The engine a spec asks for.
@@ -112,6 +147,7 @@ pub fn for_spec<'c>(
     match spec.engine {
         EngineKind::Synthetic => Ok(Box::new(synthetic::Synthetic::new(spec, clock).with_cancel(cancel))),
         EngineKind::Command => Ok(Box::new(command::CommandEngine::new(spec, work_dir)?.with_cancel(cancel))),
+        EngineKind::Openai => Ok(Box::new(openai::OpenaiEngine::new(spec, clock, base_dir, work_dir, cancel)?)),
         EngineKind::Candle => {
             Ok(Box::new(candle::CandleEngine::new(spec, clock, base_dir, work_dir)?.with_cancel(cancel)))
         }

@@ -66,6 +66,7 @@ impl<'c> Synthetic<'c> {
             ttft_ms: ttft,
             itl_ms: itl,
             request_ms: (self.clock.now() - start) * 1000.0,
+            served: None,
         })
     }
 }

@@ -49,6 +49,26 @@ pub const FIELDS: &[(&str, Kind)] = &[
     ("command", Kind::Other),
     ("command_warmup", Kind::Other),
     ("requires", Kind::Section),
+    ("gpus", Kind::Number),
+    ("api", Kind::Other),
+    ("server", Kind::Section),
+    ("server.command", Kind::Other),
+    ("server.url", Kind::Other),
+    ("server.options", Kind::Section),
+    ("server.env", Kind::Section),
+    ("server.ready_timeout_s", Kind::Number),
+    ("load", Kind::Section),
+    ("load.concurrency", Kind::Number),
+    ("load.request_rate", Kind::Number),
+    ("load.burstiness", Kind::Number),
+    ("load.requests", Kind::Number),
+    ("load.duration_s", Kind::Number),
+    ("load.seed", Kind::Number),
+    ("load.timeout_s", Kind::Number),
+    ("load.max_error_rate", Kind::Number),
+    ("load.slo", Kind::Section),
+    ("load.slo.ttft_ms", Kind::Number),
+    ("load.slo.tpot_ms", Kind::Number),
 ];
 
 /// The kind of a path, or `None` when no such field exists. `requires.<label>` is any
@@ -56,6 +76,14 @@ pub const FIELDS: &[(&str, Kind)] = &[
 pub fn kind(path: &str) -> Option<Kind> {
     if let Some(label) = path.strip_prefix("requires.") {
         return (!label.is_empty() && !label.contains('.')).then_some(Kind::Other);
+    }
+    // A server's own flags (`server.options.max-num-seqs`) are any name; they may be
+    // numbers, so they may be monotone.
+    if let Some(name) = path.strip_prefix("server.options.") {
+        return (!name.is_empty() && !name.contains('.')).then_some(Kind::Number);
+    }
+    if let Some(name) = path.strip_prefix("server.env.") {
+        return (!name.is_empty() && !name.contains('.')).then_some(Kind::Other);
     }
     FIELDS.iter().find(|(p, _)| *p == path).map(|(_, k)| *k)
 }
@@ -80,7 +108,7 @@ mod tests {
         if let serde_json::Value::Object(map) = value {
             for (k, v) in map {
                 let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                if v.is_object() && k != "requires" && k != "dataset" {
+                if v.is_object() && !matches!(k.as_str(), "requires" | "dataset" | "options" | "env") {
                     out.push(path.clone());
                     leaf_paths(&path, v, out);
                 } else {
@@ -92,15 +120,26 @@ mod tests {
 
     #[test]
     fn registry_matches_the_spec() {
+        // A default spec leaves the openai fields out; an openai spec with every field set
+        // has them all.
         let spec = RawExperiment::default().with_model("m").validate(Default::default()).expect("valid");
+        let text = "model: m\nengine: openai\ngpus: 2\ndevice: cuda\nserver: {command: [s, \"{port}\"]}\nload: {request_rate: 2, duration_s: 3, slo: {ttft_ms: 1, tpot_ms: 1}}\n";
+        let node = crate::yaml::parse(crate::yaml::SourceId(0), text).expect("yaml");
+        let openai: RawExperiment = crate::de::from_node(&node, "").expect("decodes");
+        let openai = openai.validate(Default::default()).expect("valid");
+        let mut json = spec.to_json();
+        for (k, v) in openai.to_json().as_object().into_iter().flatten() {
+            json[k] = v.clone();
+        }
         let mut actual = Vec::new();
-        leaf_paths("", &spec.to_json(), &mut actual);
+        leaf_paths("", &json, &mut actual);
         actual.sort();
+        actual.dedup();
         let mut listed: Vec<String> = names().map(str::to_owned).collect();
         listed.sort();
         assert_eq!(actual, listed);
         for (path, kind) in FIELDS {
-            let value = lookup(&spec.to_json(), path).cloned().expect("path exists");
+            let value = lookup(&json, path).cloned().expect("path exists");
             match kind {
                 Kind::Number => assert!(value.is_number() || value.is_null(), "{path}"),
                 Kind::Section => assert!(value.is_object(), "{path}"),

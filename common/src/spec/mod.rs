@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 
 pub mod fields;
 pub mod raw;
+pub mod server;
+
+pub use server::{Api, Load, Rate, Server, Slo};
 
 /// Inference engine that runs the prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,6 +31,9 @@ pub enum Engine {
     Synthetic,
     /// Any external program, measured while it runs.
     Command,
+    /// An OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, …) driven by llem's
+    /// load generator.
+    Openai,
 }
 
 impl Engine {
@@ -181,6 +187,9 @@ pub struct SyntheticLoad {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
+    /// `engine: openai`: the endpoint the requests use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
     pub batch_size: u32,
     /// For `engine: command`: the program and its arguments, run without a shell.
     pub command: Option<Vec<String>>,
@@ -189,6 +198,12 @@ pub struct ExperimentSpec {
     pub decoding: Decoding,
     pub device: Device,
     pub engine: Engine,
+    /// GPUs of one node the job takes at once (tensor parallelism); unset means one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// `engine: openai`: the load pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
     pub max_input_tokens: u32,
     pub max_output_tokens: u32,
     pub measurement: Measurement,
@@ -198,7 +213,21 @@ pub struct ExperimentSpec {
     /// Labels the node must carry (e.g. `gpu: H100`).
     pub requires: BTreeMap<String, String>,
     pub save_outputs: bool,
+    /// `engine: openai`: the server to start or attach to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Server>,
     pub synthetic: SyntheticLoad,
+}
+
+impl ExperimentSpec {
+    /// How many GPUs the job holds at once (0 on the CPU).
+    pub fn gpu_count(&self) -> u32 {
+        if self.device.uses_gpu() {
+            self.gpus.unwrap_or(1)
+        } else {
+            0
+        }
+    }
 }
 
 /// sha256 of an experiment's canonical JSON: the identity of a configuration.

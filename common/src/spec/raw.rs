@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::server::{Api, RawLoad, RawServer};
 use super::{
     Baseline, Dataset, Decoding, Device, EnergySource, Engine, ExperimentSpec, Measurement, Precision, SyntheticLoad,
     ThermalFloor, Warmup,
@@ -154,6 +155,14 @@ pub struct RawExperiment {
     pub command_warmup: S<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requires: Option<BTreeMap<String, Spanned<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: S<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: S<Api>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<RawServer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<RawLoad>,
 }
 
 /// `over(a, b)`: fields set in `b` win, recursively for sections.
@@ -207,6 +216,14 @@ impl RawExperiment {
         self.save_outputs.overlay(&top.save_outputs);
         self.command.overlay(&top.command);
         self.command_warmup.overlay(&top.command_warmup);
+        self.gpus.overlay(&top.gpus);
+        self.api.overlay(&top.api);
+        if let Some(t) = &top.server {
+            self.server.get_or_insert_with(RawServer::default).overlay(t);
+        }
+        if let Some(t) = &top.load {
+            self.load.get_or_insert_with(RawLoad::default).overlay(t);
+        }
         overlay_section(&mut self.decoding, &top.decoding);
         overlay_section(&mut self.measurement, &top.measurement);
         overlay_section(&mut self.synthetic, &top.synthetic);
@@ -246,22 +263,22 @@ fn overlay_section<T: Overlay + Clone>(mine: &mut Option<T>, theirs: &Option<T>)
     }
 }
 
-struct Checker {
+pub(super) struct Checker {
     errors: Vec<Diagnostic>,
     whole: Span,
 }
 
 impl Checker {
-    fn span_of<T>(&self, field: &S<T>) -> Span {
+    pub(super) fn span_of<T>(&self, field: &S<T>) -> Span {
         field.as_ref().map_or(self.whole, |f| f.span)
     }
 
-    fn fail(&mut self, span: Span, message: String, help: Option<&str>) {
+    pub(super) fn fail(&mut self, span: Span, message: String, help: Option<&str>) {
         self.errors.push(Diagnostic::at(span, message).with_help_opt(help.map(str::to_owned)));
     }
 
     /// A number field with a lower bound (inclusive or not) and optional upper bound.
-    fn number(
+    pub(super) fn number(
         &mut self,
         name: &str,
         field: &S<f64>,
@@ -283,7 +300,7 @@ impl Checker {
         value
     }
 
-    fn count(&mut self, name: &str, field: &S<u32>, default: u32, min: u32) -> u32 {
+    pub(super) fn count(&mut self, name: &str, field: &S<u32>, default: u32, min: u32) -> u32 {
         let value = field.as_ref().map_or(default, |f| f.value);
         if value < min {
             let span = self.span_of(field);
@@ -360,7 +377,7 @@ impl Checker {
                 let span = self.span_of(&raw.engine);
                 self.fail(span, "`engine: command` needs `command: [program, args...]`".to_owned(), None);
             }
-            (Engine::Candle | Engine::Synthetic, Some(_)) => {
+            (Engine::Candle | Engine::Synthetic | Engine::Openai, Some(_)) => {
                 let span = self.span_of(&raw.command);
                 self.fail(
                     span,
@@ -374,8 +391,11 @@ impl Checker {
             let span = self.span_of(&raw.command_warmup);
             self.fail(span, "`command_warmup` is only used with `engine: command`".to_owned(), None);
         }
+        let (api, server, load) = self.openai(raw, engine, n_prompts);
+        let gpus = self.gpus(raw, device);
         let requires = raw.requires.iter().flatten().map(|(k, v)| (k.clone(), v.value.clone())).collect();
         ExperimentSpec {
+            api,
             batch_size,
             command,
             command_warmup,
@@ -383,6 +403,8 @@ impl Checker {
             decoding,
             device,
             engine,
+            gpus,
+            load,
             max_input_tokens,
             max_output_tokens,
             measurement,
@@ -391,11 +413,12 @@ impl Checker {
             precision: raw.precision.as_ref().map_or(Precision::Auto, |p| p.value),
             requires,
             save_outputs: raw.save_outputs.as_ref().is_some_and(|s| s.value),
+            server,
             synthetic,
         }
     }
 
-    fn argv(&mut self, name: &str, field: &S<Vec<String>>) -> Option<Vec<String>> {
+    pub(super) fn argv(&mut self, name: &str, field: &S<Vec<String>>) -> Option<Vec<String>> {
         let f = field.as_ref()?;
         if f.value.is_empty() || f.value[0].trim().is_empty() {
             self.fail(
@@ -405,6 +428,21 @@ impl Checker {
             );
         }
         Some(f.value.clone())
+    }
+
+    /// `gpus: N` (several GPUs of one node for one job): `None` when unset or 1, so a
+    /// single-GPU job keeps its id.
+    fn gpus(&mut self, raw: &RawExperiment, device: Device) -> Option<u32> {
+        let g = raw.gpus.as_ref()?;
+        let n = self.count("gpus", &raw.gpus, 1, 1);
+        if n > 1 && device != Device::Cuda(None) {
+            self.fail(
+                g.span,
+                format!("`gpus: {n}` needs `device: cuda`, found `device: {device}`"),
+                Some("the scheduler picks the GPUs of a several-GPU job; it cannot be pinned to one GPU"),
+            );
+        }
+        (n > 1).then_some(n)
     }
 
     fn decoding(&mut self, raw: &RawDecoding) -> Decoding {

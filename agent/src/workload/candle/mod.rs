@@ -375,6 +375,7 @@ impl<'c> CandleEngine<'c> {
             ttft_ms: g.ttft_ms,
             itl_ms: g.itl_ms.clone(),
             request_ms: g.request_ms,
+            served: None,
         }
     }
 }
