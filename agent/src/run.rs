@@ -26,12 +26,19 @@ pub fn default_state_dir() -> PathBuf {
     home.join(".cache").join("llem").join("agent")
 }
 
-/// The lock name of a device. `cuda` (any GPU) runs on GPU 0 when run directly; the
-/// coordinator assigns a GPU before dispatching.
-fn lock_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".to_owned(),
-        Device::Cuda(i) => format!("gpu-{}", i.unwrap_or(0)),
+/// The GPUs a job holds: those the coordinator gave it, else what `device` and `gpus`
+/// say (`cuda` is GPU 0, `gpus: 4` GPUs 0 to 3, when run directly).
+pub fn job_gpus(spec: &ExperimentSpec, given: &[u32]) -> Vec<u32> {
+    if !given.is_empty() {
+        let mut gpus = given.to_vec();
+        gpus.sort_unstable();
+        gpus.dedup();
+        return gpus;
+    }
+    match spec.device {
+        Device::Cpu => Vec::new(),
+        Device::Cuda(Some(i)) => vec![i],
+        Device::Cuda(None) => (0..spec.gpu_count().max(1)).collect(),
     }
 }
 
@@ -78,6 +85,8 @@ pub fn run_job(
 pub struct Observers {
     pub phase: PhaseObserver,
     pub power: Option<PowerObserver>,
+    /// The GPUs the coordinator gave the attempt (empty: as the spec says).
+    pub gpus: Vec<u32>,
 }
 
 impl std::fmt::Debug for Observers {
@@ -97,29 +106,50 @@ pub fn run_job_observed(
     observers: Observers,
 ) -> Result<JobResult, JobFailure> {
     std::fs::create_dir_all(out).map_err(io_step(&format!("create the output directory {}", out.display())))?;
-    let device = match spec.device {
-        Device::Cuda(None) => Device::Cuda(Some(0)),
-        d => d,
+    let gpus = job_gpus(spec, &observers.gpus);
+    let device = match gpus.first() {
+        Some(&g) => Device::Cuda(Some(g)),
+        None => Device::Cpu,
     };
     // A sensor the job insists on and this node lacks: no retry can change that.
-    let (sensor, skipped) = sensor::open(spec.measurement.energy, device)
+    let (sensor, skipped) = sensor::open(spec.measurement.energy, device, &gpus)
         .map_err(|e| JobFailure::new(FailureKind::BadJob, format!("cannot open the energy sensor: {e}")))?;
     for reason in &skipped {
         tracing::info!("energy source skipped: {reason}");
     }
-    let _lock = DeviceLock::acquire(state_dir, &lock_name(device), job_id)
-        .map_err(io_step(&format!("take the lock of {device} in {}", state_dir.display())))?;
+    // Every GPU's lock, in ascending order (two agents never wait on each other's).
+    let lock_names: Vec<String> =
+        if gpus.is_empty() { vec!["cpu".to_owned()] } else { gpus.iter().map(|g| format!("gpu-{g}")).collect() };
+    let mut _locks = Vec::new();
+    for name in &lock_names {
+        _locks.push(
+            DeviceLock::acquire(state_dir, name, job_id)
+                .map_err(io_step(&format!("take the lock of {name} in {}", state_dir.display())))?,
+        );
+    }
+    // The engine sees the GPU it was given (`cuda:N`), the result keeps the spec as planned.
+    let mut engine_spec = spec.clone();
+    if let [g] = gpus[..] {
+        engine_spec.device = Device::Cuda(Some(g));
+    }
 
     let clock = Arc::new(SystemClock::default());
     let mut meter = ThreadedMeter::new(sensor, Arc::clone(&clock));
     if let Some(power) = observers.power {
         meter = meter.with_power_observer(power);
     }
-    let (gpus, driver) = meter.with_sensor(|s| (s.gpu_info(), s.driver_version()));
-    let mut node = probe::host_snapshot(&device.to_string());
+    let (gpu_info, driver) = meter.with_sensor(|s| (s.gpu_info(), s.driver_version()));
+    let shown = if gpus.len() > 1 { format!("cuda:{}", workload::gpu_list(&gpus)) } else { device.to_string() };
+    let mut node = probe::host_snapshot(&shown);
     node.driver_version = driver;
-    let ctx = Context { job_id: job_id.to_owned(), node, gpus, skipped_sensors: skipped, on_phase: observers.phase };
-    let mut engine = workload::for_spec(spec, clock.as_ref(), base_dir, out, cancel)
+    let ctx = Context {
+        job_id: job_id.to_owned(),
+        node,
+        gpus: gpu_info,
+        skipped_sensors: skipped,
+        on_phase: observers.phase,
+    };
+    let mut engine = workload::for_spec(&engine_spec, clock.as_ref(), base_dir, out, &gpus, cancel)
         .map_err(|e| JobFailure::new(e.kind(), format!("cannot start the engine: {e}")))?;
     let store = FileBaselineStore::new(state_dir);
     let measured = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx)?;

@@ -93,6 +93,10 @@ pub enum ToAgent {
     Run {
         id: AttemptId,
         spec: Box<ExperimentSpec>,
+        /// The GPUs the scheduler gave the attempt (empty: a CPU job, or an agent that
+        /// picks as `device` says). Left out when empty, so protocol 3 frames still read.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gpus: Vec<u32>,
     },
     /// Stop a running attempt: engine stopped, children killed, lock released.
     Cancel {
@@ -283,7 +287,7 @@ mod tests {
             crate::spec::raw::RawExperiment::default().with_model("m").validate(Default::default()).expect("spec");
         let to: Vec<ToAgent> = vec![
             ToAgent::Hello(Hello::new("coord")),
-            ToAgent::Run { id: id(), spec: Box::new(spec) },
+            ToAgent::Run { id: id(), spec: Box::new(spec), gpus: vec![0, 1] },
             ToAgent::Cancel { id: id() },
             ToAgent::Ack { id: id() },
             ToAgent::Resend { id: id() },

@@ -108,22 +108,25 @@ pub enum SensorError {
 /// Opens the sensor a job asked for. `auto` falls back NVML (GPU jobs) → RAPL → none and
 /// returns the reasons for each source it skipped; an explicit choice that is missing is
 /// an error naming why.
-pub fn open(choice: EnergySource, device: Device) -> Result<(Box<dyn Sensor>, Vec<String>), SensorError> {
+/// `gpus`: every GPU the job holds (energy is summed over them, each keeps its own
+/// timeseries rows); empty for a CPU job.
+pub fn open(choice: EnergySource, device: Device, gpus: &[u32]) -> Result<(Box<dyn Sensor>, Vec<String>), SensorError> {
     let gpu = match device {
         Device::Cuda(i) => Some(i.unwrap_or(0)),
         Device::Cpu => None,
     };
+    let indices: Vec<u32> = if gpus.is_empty() { gpu.into_iter().collect() } else { gpus.to_vec() };
     match choice {
         EnergySource::Nvml => {
-            let index = gpu.unwrap_or(0);
-            Ok((Box::new(nvml::NvmlSensor::open(&[index])?), Vec::new()))
+            let indices = if indices.is_empty() { vec![0] } else { indices };
+            Ok((Box::new(nvml::NvmlSensor::open(&indices)?), Vec::new()))
         }
         EnergySource::Rapl => Ok((Box::new(rapl::RaplSensor::open(&rapl::powercap_root())?), Vec::new())),
         EnergySource::None => Ok((Box::new(NoSensor::new(device)), Vec::new())),
         EnergySource::Auto => {
             let mut skipped = Vec::new();
-            if let Some(index) = gpu {
-                match nvml::NvmlSensor::open(&[index]) {
+            if gpu.is_some() {
+                match nvml::NvmlSensor::open(&indices) {
                     Ok(s) => return Ok((Box::new(s), skipped)),
                     Err(e) => skipped.push(e.to_string()),
                 }

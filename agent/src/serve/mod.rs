@@ -121,7 +121,7 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                     r.cancel.request();
                 }
             }
-            Some(ToAgent::Run { id, spec }) => {
+            Some(ToAgent::Run { id, spec, gpus }) => {
                 if !safe_id(&id) {
                     failed(&out, id, FailureKind::BadJob, "the job id is not `<hex>-c<cycle>`");
                     continue;
@@ -134,14 +134,22 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                     failed(&out, id, FailureKind::Busy, format!("the agent is busy with {}", r.id.job_id));
                     continue;
                 }
-                running = Some(start(&out, &outbox, state, base_dir, id, *spec));
+                running = Some(start(&out, &outbox, state, base_dir, id, *spec, gpus));
             }
         }
     }
 }
 
 /// Runs one attempt in a worker thread, into the outbox, and delivers it from there.
-fn start(out: &Out, outbox: &Outbox, state: &Path, base_dir: &Path, id: AttemptId, spec: ExperimentSpec) -> Running {
+fn start(
+    out: &Out,
+    outbox: &Outbox,
+    state: &Path,
+    base_dir: &Path,
+    id: AttemptId,
+    spec: ExperimentSpec,
+    gpus: Vec<u32>,
+) -> Running {
     let cancel = Cancel::default();
     let reporting = Arc::new(AtomicBool::new(false));
     let (out, outbox, state, base_dir) = (Arc::clone(out), outbox.clone(), state.to_owned(), base_dir.to_owned());
@@ -169,6 +177,7 @@ fn start(out: &Out, outbox: &Outbox, state: &Path, base_dir: &Path, id: AttemptI
             power: Some(Arc::new(move |watts| {
                 let _ = power_tx.try_send(watts);
             })),
+            gpus,
         };
         let outcome = run_job_observed(&spec, &job.job_id, &base_dir, &dir, &state, stop.clone(), observers);
         done.store(true, Ordering::SeqCst);

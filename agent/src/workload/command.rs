@@ -32,6 +32,8 @@ pub struct CommandEngine {
     job_dir: PathBuf,
     warmed: bool,
     cancel: super::Cancel,
+    /// The job's GPUs (`0,1`), exported as `CUDA_VISIBLE_DEVICES` when not empty.
+    gpus: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +62,14 @@ impl CommandEngine {
             job_dir: work_dir.to_owned(),
             warmed: false,
             cancel: super::Cancel::default(),
+            gpus: String::new(),
         })
+    }
+
+    #[must_use]
+    pub fn with_gpus(mut self, gpus: &str) -> Self {
+        gpus.clone_into(&mut self.gpus);
+        self
     }
 
     #[must_use]
@@ -73,7 +82,11 @@ impl CommandEngine {
         let start = Instant::now();
         // No shell: argv[0] is the program, the rest are its arguments, verbatim.
         // Its stdout goes to our stderr: the agent's stdout belongs to the protocol.
-        let mut child = Command::new(&argv[0])
+        let mut command = Command::new(&argv[0]);
+        if !self.gpus.is_empty() {
+            command.env("CUDA_VISIBLE_DEVICES", &self.gpus);
+        }
+        let mut child = command
             .args(&argv[1..])
             .env(REPORT_ENV, &self.report_path)
             .env(JOB_DIR_ENV, &self.job_dir)

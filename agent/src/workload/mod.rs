@@ -137,19 +137,38 @@ pub trait Engine {
 /// The engine a spec asks for.
 /// `base_dir` resolves relative paths in the spec (model, dataset); `work_dir` is the
 /// job's output directory.
+/// `gpus` are the GPUs the job holds (exported as `CUDA_VISIBLE_DEVICES` to the programs
+/// an engine starts).
 pub fn for_spec<'c>(
     spec: &ExperimentSpec,
     clock: &'c dyn Clock,
     base_dir: &std::path::Path,
     work_dir: &std::path::Path,
+    gpus: &[u32],
     cancel: Cancel,
 ) -> Result<Box<dyn Engine + 'c>, EngineError> {
+    if gpus.len() > 1 && spec.engine == EngineKind::Candle {
+        return Err(EngineError::BadJob(format!(
+            "the candle engine runs on one GPU; this job asks for {} (`gpus:`): use `engine: openai` with a server that shards the model",
+            gpus.len()
+        )));
+    }
+    let visible = gpu_list(gpus);
     match spec.engine {
         EngineKind::Synthetic => Ok(Box::new(synthetic::Synthetic::new(spec, clock).with_cancel(cancel))),
-        EngineKind::Command => Ok(Box::new(command::CommandEngine::new(spec, work_dir)?.with_cancel(cancel))),
-        EngineKind::Openai => Ok(Box::new(openai::OpenaiEngine::new(spec, clock, base_dir, work_dir, cancel)?)),
+        EngineKind::Command => {
+            Ok(Box::new(command::CommandEngine::new(spec, work_dir)?.with_gpus(&visible).with_cancel(cancel)))
+        }
+        EngineKind::Openai => {
+            Ok(Box::new(openai::OpenaiEngine::new(spec, clock, base_dir, work_dir, &visible, cancel)?))
+        }
         EngineKind::Candle => {
             Ok(Box::new(candle::CandleEngine::new(spec, clock, base_dir, work_dir)?.with_cancel(cancel)))
         }
     }
+}
+
+/// `[0, 2]` → `0,2`, as `CUDA_VISIBLE_DEVICES` and `{gpus}` write it.
+pub fn gpu_list(gpus: &[u32]) -> String {
+    gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }

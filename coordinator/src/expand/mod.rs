@@ -424,7 +424,7 @@ impl SplitMix64 {
 /// by (requires, device) since most points share both.
 struct Placer<'s> {
     sweep: &'s Sweep,
-    cache: HashMap<(BTreeMap<String, String>, Device), u32>,
+    cache: HashMap<(BTreeMap<String, String>, Device, u32), u32>,
     sets: Vec<Vec<u16>>,
 }
 
@@ -434,7 +434,7 @@ impl<'s> Placer<'s> {
     }
 
     fn place(&mut self, spec: &ExperimentSpec, span: Span) -> Result<u32, Diagnostic> {
-        let key = (spec.requires.clone(), spec.device);
+        let key = (spec.requires.clone(), spec.device, spec.gpu_count());
         if let Some(&p) = self.cache.get(&key) {
             return Ok(p);
         }
@@ -446,7 +446,7 @@ impl<'s> Placer<'s> {
             .filter(|(_, n)| spec.requires.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
             .filter(|(_, n)| match (spec.device, n.gpus) {
                 (Device::Cpu, _) | (_, None) => true,
-                (Device::Cuda(None), Some(g)) => g > 0,
+                (Device::Cuda(None), Some(g)) => g >= spec.gpu_count(),
                 (Device::Cuda(Some(i)), Some(g)) => i < g,
             })
             .map(|(i, _)| i as u16)
@@ -469,8 +469,9 @@ impl<'s> Placer<'s> {
             return Err(Diagnostic::at(
                 span,
                 format!(
-                    "no node can run an experiment with device `{}` and requires [{}]",
+                    "no node can run an experiment with device `{}`{} and requires [{}]",
                     spec.device,
+                    if spec.gpu_count() > 1 { format!(" × {} GPUs", spec.gpu_count()) } else { String::new() },
                     wanted.join(", ")
                 ),
             )

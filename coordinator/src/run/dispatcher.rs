@@ -150,6 +150,18 @@ impl<'p> Dispatcher<'p> {
         self.clock.elapsed().as_secs_f64()
     }
 
+    /// The GPUs a dispatched job holds, as the agent should use them.
+    fn gpus_of(&self, job: u32) -> Vec<u32> {
+        self.state
+            .held_slots(job)
+            .iter()
+            .filter_map(|&s| match self.state.slots[s as usize].kind {
+                scheduler::SlotKind::Gpu(g) => Some(g),
+                scheduler::SlotKind::Cpu => None,
+            })
+            .collect()
+    }
+
     pub(super) fn node_of(&self, slot: usize) -> u16 {
         self.state.slots[slot].node
     }
@@ -274,7 +286,9 @@ impl<'p> Dispatcher<'p> {
                     self.progress.slot_job(slot, Some(&id));
                     let exp = &self.plan.expansion;
                     let spec = point_spec(&self.plan.sweep, exp, &exp.points[exp.jobs[job as usize].point as usize]);
-                    self.send(slot, &ToAgent::Run { id: AttemptId { job_id: id, attempt }, spec: Box::new(spec) });
+                    let gpus = self.gpus_of(job);
+                    let run = ToAgent::Run { id: AttemptId { job_id: id, attempt }, spec: Box::new(spec), gpus };
+                    self.send(slot, &run);
                 }
                 Effect::CancelAttempt { job, attempt } => {
                     let id = AttemptId { job_id: self.ids[job as usize].clone(), attempt };

@@ -179,7 +179,7 @@ impl FakeAgent {
         let mut running: Option<AttemptId> = None;
         while let Ok(message) = inbox.recv() {
             match message {
-                ToAgent::Run { id, spec } => {
+                ToAgent::Run { id, spec, .. } => {
                     if let Some(tell) = Script::lock(&self.script.runs).as_ref() {
                         let _ = tell.send(id.clone());
                     }

@@ -85,6 +85,7 @@ pub fn scheduler_jobs(plan: &Plan) -> Vec<JobInput> {
             let spec = point_spec(&plan.sweep, exp, point);
             let need = match spec.device {
                 Device::Cpu => Need::Cpu,
+                Device::Cuda(_) if spec.gpu_count() > 1 => Need::Gpus(spec.gpu_count()),
                 Device::Cuda(None) => Need::AnyGpu,
                 Device::Cuda(Some(i)) => Need::Gpu(i),
             };
@@ -111,10 +112,12 @@ pub fn node_slots(plan: &Plan, jobs: &[JobInput]) -> (Vec<Slot>, Vec<String>) {
             None => jobs
                 .iter()
                 .filter(|j| j.nodes.contains(&n))
-                .filter_map(|j| match j.need {
-                    Need::Gpu(i) => Some(i),
-                    Need::AnyGpu => Some(0),
-                    Need::Cpu => None,
+                .flat_map(|j| match j.need {
+                    Need::Gpu(i) => i..i + 1,
+                    Need::AnyGpu => 0..1,
+                    // A job of n GPUs on a node whose count is not given: GPUs 0 to n−1.
+                    Need::Gpus(n) => 0..n,
+                    Need::Cpu => 0..0,
                 })
                 .collect(),
         };

@@ -11,7 +11,10 @@
 //!   only once its model is ready there, and a model that is unavailable on every node a
 //!   job may use fails the job (`Unservable`);
 //! * one attempt per device slot at a time; a job runs only on a slot of an eligible node
-//!   with the device it asks for;
+//!   with the device it asks for; a job of `n` GPUs takes `n` free GPU slots of one node
+//!   at once, all or none (it never holds some while waiting for others); while it waits
+//!   it reserves the free GPU slots of its best node, so the jobs after it cannot starve
+//!   it by taking each slot as it frees;
 //! * a job starts only after its prerequisites (monotone edges) ended; if one failed for
 //!   lack of memory (or was skipped for it), the job is skipped rather than run;
 //! * a job no live slot can serve fails at once (a sweep always finishes);
@@ -36,6 +39,18 @@ pub enum Need {
     Cpu,
     AnyGpu,
     Gpu(u32),
+    /// Several GPUs of one node at once (tensor parallelism): any `n` of them.
+    Gpus(u32),
+}
+
+impl Need {
+    /// How many slots the job holds while it runs.
+    pub fn slots(self) -> usize {
+        match self {
+            Need::Gpus(n) => n as usize,
+            _ => 1,
+        }
+    }
 }
 
 /// A device that runs one attempt at a time.
@@ -67,7 +82,7 @@ impl Slot {
     }
 
     fn fits(&self, need: Need) -> bool {
-        matches!((need, self.kind), (Need::Cpu, SlotKind::Cpu) | (Need::AnyGpu, SlotKind::Gpu(_)))
+        matches!((need, self.kind), (Need::Cpu, SlotKind::Cpu) | (Need::AnyGpu | Need::Gpus(_), SlotKind::Gpu(_)))
             || matches!((need, self.kind), (Need::Gpu(a), SlotKind::Gpu(b)) if a == b)
     }
 }
@@ -366,8 +381,27 @@ impl State {
             s.busy = None;
             s.draining = None;
             s.ready_at = now + self.gap_s;
+            // The other GPUs of a several-GPU job are freed with it.
+            let node = self.slots[slot].node;
+            for other in self.slots.iter_mut().filter(|o| o.node == node && o.busy == Some(job as u32)) {
+                other.busy = None;
+                other.ready_at = now + self.gap_s;
+            }
         }
         running
+    }
+
+    /// The slots a running job holds: its own first, then the other GPUs it was given.
+    pub fn held_slots(&self, job: u32) -> Vec<u32> {
+        let JobState::Running { slot, .. } = self.states[job as usize] else { return Vec::new() };
+        let node = self.slots[slot as usize].node;
+        let mut held = vec![slot];
+        held.extend(
+            (0..self.slots.len() as u32).filter(|&i| {
+                i != slot && self.slots[i as usize].node == node && self.slots[i as usize].busy == Some(job)
+            }),
+        );
+        held
     }
 
     fn fail_attempt(&mut self, job: usize, attempt: u32, kind: FailureKind) {
@@ -393,9 +427,13 @@ impl State {
             return;
         }
         if let Some(j) = self.slots[slot].busy {
-            if let JobState::Running { attempt, .. } = self.states[j as usize] {
-                self.free_slot(j as usize, attempt, now);
-                self.fail_attempt(j as usize, attempt, FailureKind::LostConnection);
+            // Only the session the job runs on carries it; another GPU it holds losing its
+            // session changes nothing for it.
+            if let JobState::Running { attempt, slot: primary } = self.states[j as usize] {
+                if primary as usize == slot {
+                    self.free_slot(j as usize, attempt, now);
+                    self.fail_attempt(j as usize, attempt, FailureKind::LostConnection);
+                }
             }
         }
     }
@@ -491,6 +529,8 @@ impl State {
         // over every job is skipped (it would cost O(jobs × slots) per event).
         let mut idle = self.slots.iter().filter(|s| s.busy.is_none() && self.live(s)).count();
         let mut earliest_wake: Option<f64> = None;
+        // Slots kept free for a several-GPU job that waits for more of them.
+        let mut reserved = vec![false; self.slots.len()];
         for j in 0..self.jobs.len() {
             if idle == 0 {
                 break;
@@ -502,32 +542,70 @@ impl State {
             if !job.after.iter().all(|&p| self.states[p as usize].is_terminal()) {
                 continue;
             }
-            let mut chosen = None;
+            let want = job.need.slots();
+            // Free slots that may take it now, grouped by node (one node per job).
+            let mut chosen: Vec<usize> = Vec::new();
+            let mut free_by_node: Vec<(u16, Vec<usize>)> = Vec::new();
             for (i, slot) in self.slots.iter().enumerate() {
-                if !self.can_take(slot, job) {
+                if reserved[i] || !self.can_take(slot, job) {
                     continue;
                 }
                 let gap = if slot.last_cycle.is_some_and(|c| c != job.cycle) { self.cycle_gap_s } else { 0.0 };
                 let at = slot.ready_at + gap;
-                if at <= now {
-                    chosen = Some(i);
+                if at > now {
+                    earliest_wake = Some(earliest_wake.map_or(at, |w: f64| w.min(at)));
+                    continue;
+                }
+                let group = match free_by_node.iter().position(|(n, _)| *n == slot.node) {
+                    Some(g) => g,
+                    None => {
+                        free_by_node.push((slot.node, Vec::new()));
+                        free_by_node.len() - 1
+                    }
+                };
+                free_by_node[group].1.push(i);
+                if free_by_node[group].1.len() == want {
+                    chosen = std::mem::take(&mut free_by_node[group].1);
                     break;
                 }
-                earliest_wake = Some(earliest_wake.map_or(at, |w: f64| w.min(at)));
             }
-            if let Some(i) = chosen {
-                self.attempts[j] += 1;
-                let attempt = self.attempts[j];
+            if chosen.is_empty() {
+                if want > 1 {
+                    self.reserve_for(j, &free_by_node, &mut reserved);
+                }
+                continue;
+            }
+            self.attempts[j] += 1;
+            let attempt = self.attempts[j];
+            for &i in &chosen {
                 let slot = &mut self.slots[i];
                 slot.busy = Some(j as u32);
                 slot.last_cycle = Some(self.jobs[j].cycle);
-                idle -= 1;
-                self.states[j] = JobState::Running { attempt, slot: i as u32 };
-                effects.push(Effect::Dispatch { job: j as u32, attempt, slot: i as u32 });
             }
+            idle = idle.saturating_sub(chosen.len());
+            self.states[j] = JobState::Running { attempt, slot: chosen[0] as u32 };
+            effects.push(Effect::Dispatch { job: j as u32, attempt, slot: chosen[0] as u32 });
         }
         if let Some(at) = earliest_wake {
             effects.push(Effect::WakeAt { at });
+        }
+    }
+
+    /// A several-GPU job that cannot start yet keeps the free GPUs of the node closest to
+    /// having enough (among nodes with enough GPU slots at all) for itself.
+    fn reserve_for(&self, j: usize, free_by_node: &[(u16, Vec<usize>)], reserved: &mut [bool]) {
+        let job = &self.jobs[j];
+        let big_enough = |node: u16| {
+            self.slots.iter().filter(|s| s.node == node && self.live(s) && s.fits(job.need)).count() >= job.need.slots()
+        };
+        if let Some((_, free)) = free_by_node
+            .iter()
+            .filter(|(n, _)| big_enough(*n))
+            .max_by_key(|(n, free)| (free.len(), std::cmp::Reverse(*n)))
+        {
+            for &i in free {
+                reserved[i] = true;
+            }
         }
     }
 
@@ -536,7 +614,8 @@ impl State {
         let mut model_missing = false;
         for &node in &job.nodes {
             let n = node as usize;
-            if self.lost_nodes.contains(&node) || !self.slots.iter().any(|s| s.node == node && s.fits(job.need)) {
+            let fitting = self.slots.iter().filter(|s| s.node == node && s.fits(job.need)).count();
+            if self.lost_nodes.contains(&node) || fitting < job.need.slots() {
                 continue;
             }
             if job.model.is_some_and(|m| self.models[n][m as usize] == Readiness::Unavailable) {

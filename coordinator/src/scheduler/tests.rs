@@ -303,7 +303,7 @@ fn workload() -> impl Strategy<Value = Workload> {
         proptest::collection::vec((0u16..3, prop_oneof![Just(SlotKind::Cpu), (0u32..2).prop_map(SlotKind::Gpu)]), 1..5);
     let jobs = proptest::collection::vec(
         (
-            prop_oneof![Just(Need::Cpu), Just(Need::AnyGpu), (0u32..2).prop_map(Need::Gpu)],
+            prop_oneof![Just(Need::Cpu), Just(Need::AnyGpu), (0u32..2).prop_map(Need::Gpu), Just(Need::Gpus(2))],
             proptest::collection::vec(0u16..3, 1..3),
             1u32..4,
             proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
@@ -392,6 +392,14 @@ proptest! {
                 }
             }
             prop_assert!(on_slot.iter().all(|&c| c <= 1));
+            // a running job holds exactly the slots it needs, all on one node, each fitting
+            for (job, _) in s.running() {
+                let held = s.held_slots(job);
+                let need = jobs[job as usize].need;
+                prop_assert_eq!(held.len(), need.slots(), "job {} holds {:?}", job, held);
+                let node = s.slots[held[0] as usize].node;
+                prop_assert!(held.iter().all(|&h| s.slots[h as usize].node == node && s.slots[h as usize].fits(need)));
+            }
             let running: Vec<(u32, u32)> = s.running().collect();
             let (ok, kind, connection, prepared) = outcome.next().unwrap_or((true, 0, 0, true));
             now += 1.0;
@@ -449,4 +457,40 @@ proptest! {
             prop_assert!(st.is_terminal(), "job {j} stuck in {st:?}");
         }
     }
+}
+
+#[test]
+fn a_job_of_two_gpus_takes_two_slots_of_one_node_at_once() {
+    let gpu = |g| Slot::new(0, SlotKind::Gpu(g));
+    let job = |need| JobInput { need, nodes: vec![0], cycle: 1, after: vec![], model: None };
+    let mut s = State::new(vec![job(Need::Gpus(2)), job(Need::AnyGpu)], vec![gpu(0), gpu(1)], 0, 0.0, 0.0);
+    assert_eq!(dispatched(&connect_all(&mut s, 0.0)), vec![(0, 1)], "the single-GPU job waits: both GPUs are taken");
+    assert_eq!(s.held_slots(0), vec![0, 1]);
+    let e = on_event(&mut s, Event::Succeeded { job: 0, attempt: 1, now: 1.0 });
+    assert_eq!(dispatched(&e), vec![(1, 1)]);
+    assert!(s.held_slots(0).is_empty());
+}
+
+#[test]
+fn single_gpu_jobs_after_a_waiting_several_gpu_job_cannot_starve_it() {
+    // GPU 0 is busy with job 0; job 1 needs both GPUs. Jobs 2 and 3, later in order, would
+    // take GPU 1 one after the other forever; the reservation keeps it for job 1.
+    let gpu = |g| Slot::new(0, SlotKind::Gpu(g));
+    let job = |need| JobInput { need, nodes: vec![0], cycle: 1, after: vec![], model: None };
+    let jobs = vec![job(Need::Gpu(0)), job(Need::Gpus(2)), job(Need::AnyGpu), job(Need::AnyGpu)];
+    let mut s = State::new(jobs, vec![gpu(0), gpu(1)], 0, 0.0, 0.0);
+    assert_eq!(dispatched(&connect_all(&mut s, 0.0)), vec![(0, 1)], "GPU 1 is kept for job 1");
+    let e = on_event(&mut s, Event::Succeeded { job: 0, attempt: 1, now: 1.0 });
+    assert_eq!(dispatched(&e), vec![(1, 1)]);
+    let e = on_event(&mut s, Event::Succeeded { job: 1, attempt: 1, now: 2.0 });
+    assert_eq!(dispatched(&e), vec![(2, 1), (3, 1)]);
+}
+
+#[test]
+fn a_several_gpu_job_no_node_can_hold_fails() {
+    let job = JobInput { need: Need::Gpus(4), nodes: vec![0], cycle: 1, after: vec![], model: None };
+    let mut s =
+        State::new(vec![job], vec![Slot::new(0, SlotKind::Gpu(0)), Slot::new(0, SlotKind::Gpu(1))], 0, 0.0, 0.0);
+    let e = connect_all(&mut s, 0.0);
+    assert!(e.contains(&Effect::Unservable { job: 0, why: Unservable::NoLiveNode }), "{e:?}");
 }

@@ -348,7 +348,7 @@ fn a_served_job_reports_live_power_about_once_a_second() {
     )
     .unwrap_or_else(|(_, d)| panic!("{d:?}"));
     let id = AttemptId { job_id: "0123456789abcdef-c1".into(), attempt: 1 };
-    write_frame(&mut input, &ToAgent::Run { id: id.clone(), spec: Box::new(spec) }).expect("run");
+    write_frame(&mut input, &ToAgent::Run { id: id.clone(), spec: Box::new(spec), gpus: Vec::new() }).expect("run");
     let mut samples = Vec::new();
     let duration = loop {
         match read_frame::<FromAgent>(&mut output).expect("a frame") {

@@ -56,6 +56,8 @@ pub struct OpenaiEngine<'c> {
     owned_by: Option<String>,
     offered: Vec<String>,
     prompts: Vec<serde_json::Value>,
+    /// The job's GPUs (`0,1`): `{gpus}` and `CUDA_VISIBLE_DEVICES`.
+    gpus: String,
     /// Prompt lengths by the server's own tokenizer, for servers whose stream gives none.
     prompt_tokens: std::collections::HashMap<String, u64>,
 }
@@ -75,6 +77,7 @@ impl<'c> OpenaiEngine<'c> {
         clock: &'c dyn Clock,
         base_dir: &Path,
         work_dir: &Path,
+        gpus: &str,
         cancel: Cancel,
     ) -> Result<Self, EngineError> {
         let (Some(server), Some(load)) = (spec.server.clone(), spec.load.clone()) else {
@@ -107,6 +110,7 @@ impl<'c> OpenaiEngine<'c> {
             owned_by: None,
             offered: Vec::new(),
             prompts,
+            gpus: gpus.to_owned(),
             prompt_tokens: std::collections::HashMap::new(),
         })
     }
@@ -164,7 +168,7 @@ impl<'c> OpenaiEngine<'c> {
             return Ok(base);
         }
         let log = self.work_dir.join("server.log");
-        let gpus = std::env::var("LLEM_GPUS").unwrap_or_default();
+        let gpus = self.gpus.clone();
         for attempt in 1..=PORT_ATTEMPTS {
             let port = process::free_port()?;
             let argv = self.server.argv(port, &self.spec.model, &gpus).unwrap_or_default();
