@@ -95,8 +95,18 @@ fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
             let state_dir = args.state_dir.unwrap_or_else(run::default_state_dir);
             // Relative model and dataset paths are relative to the working directory, as in
             // sweep files run from the repository root.
-            let result =
-                run::run_job(&spec, &job_id, Path::new("."), &args.out, &state_dir, workload::Cancel::default())?;
+            // Ctrl-C stops the job cleanly: the engine ends, a server it started is stopped.
+            let cancel = workload::Cancel::default();
+            let on_signal = cancel.clone();
+            let _ = ctrlc::set_handler(move || on_signal.request());
+            let result = match run::run_job(&spec, &job_id, Path::new("."), &args.out, &state_dir, cancel) {
+                Ok(result) => result,
+                Err(e) if e.kind == llem_common::failure::FailureKind::Cancelled => {
+                    eprintln!("error: {e}");
+                    return Ok(llem_common::cli::exit::INTERRUPTED);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let e = &result.energy;
             let joules = e.total_j.map_or_else(|| "not measured".to_owned(), |j| format!("{j:.2} J ({})", e.source));
             writeln!(

@@ -37,7 +37,7 @@ pub enum Api {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
-    /// Started by the agent, without a shell; `{port}`, `{model}` and `{gpus}` are filled in.
+    /// Started by the agent, without a shell; `{port}`, `{model}`, `{gpus}` (`0,1`) and `{gpu_count}` are filled in.
     pub command: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
     /// Appended to `command` as `--name value` (`true`: `--name` alone; `false`: left out).
@@ -229,15 +229,20 @@ impl RawLoad {
 }
 
 /// The placeholders `server.command` may hold.
-pub const PLACEHOLDERS: &[&str] = &["{port}", "{model}", "{gpus}"];
+pub const PLACEHOLDERS: &[&str] = &["{port}", "{model}", "{gpus}", "{gpu_count}"];
 
 impl Server {
     /// The program and arguments to start: `command` with the placeholders filled, then
     /// `options` as flags. Each placeholder is replaced inside an argument, never split
-    /// into several: no value can add arguments.
+    /// into several: no value can add arguments. `gpus` is the job's GPU list (`0,1`).
     pub fn argv(&self, port: u16, model: &str, gpus: &str) -> Option<Vec<String>> {
-        let fill =
-            |arg: &str| arg.replace("{port}", &port.to_string()).replace("{model}", model).replace("{gpus}", gpus);
+        let count = if gpus.is_empty() { 0 } else { gpus.split(',').count() };
+        let fill = |arg: &str| {
+            arg.replace("{port}", &port.to_string())
+                .replace("{model}", model)
+                .replace("{gpu_count}", &count.to_string())
+                .replace("{gpus}", gpus)
+        };
         let mut argv: Vec<String> = self.command.as_ref()?.iter().map(|a| fill(a)).collect();
         for (name, value) in &self.options {
             let flag = if name.starts_with('-') { name.clone() } else { format!("--{name}") };
@@ -462,7 +467,8 @@ mod tests {
                 ("max-num-seqs", serde_json::json!(64)),
                 ("enforce-eager", serde_json::json!(true)),
                 ("off", serde_json::json!(false)),
-                ("-tp", serde_json::json!("{gpus}")),
+                ("-tp", serde_json::json!("{gpu_count}")),
+                ("visible", serde_json::json!("{gpus}")),
             ],
         );
         let argv = s.argv(8123, "Qwen/Q 7B; rm -rf /", "0,1").expect("argv");
@@ -475,10 +481,12 @@ mod tests {
                 "--port",
                 "8123",
                 "-tp",
-                "0,1",
+                "2",
                 "--enforce-eager",
                 "--max-num-seqs",
-                "64"
+                "64",
+                "--visible",
+                "0,1"
             ]
         );
     }

@@ -8,4 +8,6 @@ mod cluster_faults;
 mod models;
 mod run;
 mod run_dir;
+mod server;
+mod server_faults;
 mod sweeps;

@@ -302,5 +302,10 @@ async fn read_stream(
         let how = if reader.has_partial() { " in the middle of an event" } else { "" };
         return Err(format!("the stream ended{how} before `data: [DONE]`: the response is incomplete"));
     }
+    // A complete choice ends with a reason (`stop`, `length`); a stream closed without
+    // one was cut short by the server (llama-cpp-python's `interrupt_requests` does that).
+    if out.finish_reason.is_none() {
+        return Err("the stream ended without a finish_reason: the server cut the response short".to_owned());
+    }
     Ok(())
 }

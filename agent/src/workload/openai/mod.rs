@@ -47,6 +47,7 @@ pub struct OpenaiEngine<'c> {
     load: Load,
     api: Api,
     clock: &'c dyn Clock,
+    base_dir: PathBuf,
     work_dir: PathBuf,
     cancel: Cancel,
     runtime: tokio::runtime::Runtime,
@@ -102,6 +103,7 @@ impl<'c> OpenaiEngine<'c> {
             server,
             load,
             clock,
+            base_dir: base_dir.to_owned(),
             work_dir: work_dir.to_owned(),
             cancel,
             runtime,
@@ -172,7 +174,7 @@ impl<'c> OpenaiEngine<'c> {
         for attempt in 1..=PORT_ATTEMPTS {
             let port = process::free_port()?;
             let argv = self.server.argv(port, &self.spec.model, &gpus).unwrap_or_default();
-            self.process = Some(ServerProcess::start(&argv, &self.server.env, &gpus, &log)?);
+            self.process = Some(ServerProcess::start(&argv, &self.server.env, &gpus, &self.base_dir, &log)?);
             let base = format!("http://127.0.0.1:{port}");
             match self.wait_ready(&base) {
                 Ok(()) => return Ok(base),

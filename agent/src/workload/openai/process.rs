@@ -30,7 +30,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `argv` without a shell, in a new process group, output appended to `log`.
     /// `gpus` (e.g. `0,1`) is exported as `CUDA_VISIBLE_DEVICES` when not empty.
-    pub fn start(argv: &[String], env: &BTreeMap<String, String>, gpus: &str, log: &Path) -> Result<Self, EngineError> {
+    /// `dir` is its working directory (relative paths in its arguments resolve there).
+    pub fn start(
+        argv: &[String],
+        env: &BTreeMap<String, String>,
+        gpus: &str,
+        dir: &Path,
+        log: &Path,
+    ) -> Result<Self, EngineError> {
         let program = argv.first().cloned().unwrap_or_default();
         let out = File::options()
             .create(true)
@@ -39,10 +46,18 @@ impl ServerProcess {
             .map_err(|e| EngineError::Failed(format!("cannot open {}: {e}", log.display())))?;
         let err = out.try_clone().map_err(|e| EngineError::Failed(format!("cannot open {}: {e}", log.display())))?;
         let mut command = Command::new(&program);
-        command.args(&argv[1..]).envs(env).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        command
+            .args(&argv[1..])
+            .envs(env)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         if !gpus.is_empty() {
             command.env("CUDA_VISIBLE_DEVICES", gpus);
         }
+        stop_with_parent(&mut command);
         let child = command.spawn().map_err(|e| {
             let what = format!("cannot start the server `{program}`: {e}");
             if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -98,6 +113,20 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Asks the kernel to send the server SIGTERM if the agent dies first (even by SIGKILL,
+/// which runs no cleanup of ours), so a server is never left behind holding a GPU.
+#[allow(unsafe_code)]
+fn stop_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only makes the prctl
+    // system call, which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
 /// The last `n` lines of a file (reads at most its last 64 KiB).
 pub fn tail(path: &Path, n: usize) -> String {
     let Ok(mut file) = File::open(path) else { return String::new() };
@@ -136,7 +165,7 @@ mod tests {
         // The server forks a grandchild that ignores nothing: both must go.
         let argv: Vec<String> =
             ["sh", "-c", "sleep 300 & echo child $!; echo ready; wait"].iter().map(|s| (*s).to_owned()).collect();
-        let mut server = ServerProcess::start(&argv, &BTreeMap::new(), "", &log).expect("starts");
+        let mut server = ServerProcess::start(&argv, &BTreeMap::new(), "", dir.path(), &log).expect("starts");
         let pgid = server.pgid;
         let start = Instant::now();
         while !tail(&log, 5).contains("ready") {
@@ -152,8 +181,14 @@ mod tests {
     #[test]
     fn a_missing_program_is_a_bad_job() {
         let dir = tempfile::tempdir().expect("tmp");
-        let err = ServerProcess::start(&["/no/such/server".to_owned()], &BTreeMap::new(), "", &dir.path().join("l"))
-            .expect_err("missing");
+        let err = ServerProcess::start(
+            &["/no/such/server".to_owned()],
+            &BTreeMap::new(),
+            "",
+            dir.path(),
+            &dir.path().join("l"),
+        )
+        .expect_err("missing");
         assert_eq!(err.kind(), llem_common::failure::FailureKind::BadJob);
         assert!(port_was_taken("OSError: [Errno 98] Address already in use"));
         assert!(!port_was_taken("ready"));
