@@ -149,11 +149,20 @@ pub fn run_job_observed(
         skipped_sensors: skipped,
         on_phase: observers.phase,
     };
+    // GPU memory in use before anything of the job's loaded (NVML; `None` without it).
+    let idle_memory_mb = used_memory_mb(&meter.read_now());
     let mut engine = workload::for_spec(&engine_spec, clock.as_ref(), base_dir, out, &gpus, cancel)
         .map_err(|e| JobFailure::new(e.kind(), format!("cannot start the engine: {e}")))?;
     let store = FileBaselineStore::new(state_dir);
     let measured = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx)?;
     let _ = meter.stop();
+    // A server is stopped here, before the locks are freed; its GPU memory must be back.
+    drop(engine);
+    let mut measured = measured;
+    if let Some(warning) = wait_for_memory_release(&mut meter, idle_memory_mb) {
+        tracing::warn!("{}", warning.message);
+        measured.result.warnings.push(warning);
+    }
 
     let mut result = measured.result;
     // The agent's own high-water mark: the model, the KV cache and the sampler.
@@ -170,4 +179,41 @@ pub fn run_job_observed(
     let json = serde_json::to_vec_pretty(&result).map_err(io_step("encode result.json"))?;
     fsutil::write_atomic(&out.join("result.json"), &json).map_err(io_step("write result.json"))?;
     Ok(result)
+}
+
+/// Memory in use on the job's devices (NVML), or `None` where nothing reports it.
+fn used_memory_mb(sample: &crate::sampler::Sample) -> Option<f64> {
+    sample.readings.iter().map(|r| r.memory_used_mb).sum()
+}
+
+/// How long a stopped engine's GPU memory may take to be freed, and how much above the
+/// job's starting level still counts as freed (drivers keep a little).
+const MEMORY_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const MEMORY_RELEASE_SLACK_MB: f64 = 512.0;
+
+/// After the engine (and any server it started) stopped: waits until the GPUs' memory is
+/// back near where the job found it; a warning when it is not (the next job would share
+/// the GPU with whatever still holds it).
+fn wait_for_memory_release<M: crate::sampler::Meter + ?Sized>(
+    meter: &mut M,
+    idle_mb: Option<f64>,
+) -> Option<llem_common::result::Warning> {
+    let idle = idle_mb?;
+    let start = std::time::Instant::now();
+    loop {
+        let now = used_memory_mb(&meter.read_now())?;
+        if now <= idle + MEMORY_RELEASE_SLACK_MB {
+            return None;
+        }
+        if start.elapsed() >= MEMORY_RELEASE_WAIT {
+            return Some(llem_common::result::Warning {
+                code: "gpu_memory_not_released".to_owned(),
+                message: format!(
+                    "{now:.0} MB of GPU memory were still in use {} s after the engine stopped ({idle:.0} MB before the job): another process holds the GPU; check nvidia-smi",
+                    MEMORY_RELEASE_WAIT.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }

@@ -491,6 +491,60 @@ mod tests {
         );
     }
 
+    fn validate(text: &str) -> Result<crate::spec::ExperimentSpec, Vec<String>> {
+        let node = crate::yaml::parse(crate::yaml::SourceId(0), text).expect("yaml");
+        let raw: RawExperiment =
+            crate::de::from_node(&node, "").map_err(|e| e.into_iter().map(|d| d.message).collect::<Vec<_>>())?;
+        raw.validate(node.span).map_err(|e| e.into_iter().map(|d| d.message).collect())
+    }
+
+    #[test]
+    fn the_rules_between_openai_fields() {
+        let errors = validate("model: m\nengine: openai\n").expect_err("no server");
+        assert!(errors[0].contains("needs `server.command`"), "{errors:?}");
+        let errors =
+            validate("model: m\nengine: openai\nserver: {command: [s], url: \"http://x:1\"}\n").expect_err("both");
+        assert!(errors.iter().any(|e| e.contains("exclude each other")), "{errors:?}");
+        let errors = validate("model: m\nengine: openai\nserver: {command: [s]}\n").expect_err("no port");
+        assert!(errors.iter().any(|e| e.contains("never names `{port}`")), "{errors:?}");
+        let errors =
+            validate("model: m\nengine: openai\nserver: {url: \"https://x:1\", options: {a: 1}}\n").expect_err("https");
+        assert!(errors.iter().any(|e| e.contains("must start with `http://`")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("not to `server.url`")), "{errors:?}");
+        let errors = validate(
+            "model: m\nengine: openai\nserver: {url: \"http://x:1\"}\nload: {concurrency: 2, request_rate: 1, requests: 3, duration_s: 2, burstiness: 0}\n",
+        )
+        .expect_err("load");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let errors = validate("model: m\nload: {concurrency: 2}\napi: chat\n").expect_err("not openai");
+        assert_eq!(errors, ["`load` is only used with `engine: openai`", "`api` is only used with `engine: openai`"]);
+        let errors = validate("model: m\ngpus: 2\n").expect_err("cpu");
+        assert!(errors[0].contains("`gpus: 2` needs `device: cuda`"), "{errors:?}");
+        let errors = validate("model: m\nengine: openai\nserver: {url: \"http://x:1\"}\nload: {request_rate: -1}\n")
+            .expect_err("rate");
+        assert!(errors[0].contains("must be > 0 or `inf`"), "{errors:?}");
+    }
+
+    #[test]
+    fn defaults_and_a_pinned_openai_id() {
+        let spec = validate("model: m\nengine: openai\nn_prompts: 7\nserver: {command: [s, --port, \"{port}\"]}\n")
+            .expect("valid");
+        let load = spec.load.as_ref().expect("load");
+        assert_eq!((load.concurrency, load.requests, load.request_rate), (Some(1), Some(7), None));
+        assert_eq!(spec.api, Some(Api::Completions));
+        assert_eq!(spec.server.as_ref().map(|s| s.ready_timeout_s), Some(defaults::READY_TIMEOUT_S));
+        let open = validate(
+            "model: m\nengine: openai\nserver: {url: \"http://h:1/\"}\nload: {request_rate: inf, duration_s: 5}\n",
+        )
+        .expect("valid");
+        let load = open.load.as_ref().expect("load");
+        assert!(load.request_rate.is_some_and(Rate::is_infinite));
+        assert_eq!((load.burstiness, load.requests, load.concurrency), (Some(1.0), None, None));
+        assert_eq!(open.server.as_ref().and_then(|s| s.url.as_deref()), Some("http://h:1"), "no trailing slash");
+        // The id of an openai job is part of the format from now on.
+        assert_eq!(crate::spec::job_id(&spec.hash(), 1), "665a4af1622f813a-c1");
+    }
+
     #[test]
     fn rates_round_trip_through_json() {
         assert_eq!(serde_json::to_string(&Rate(f64::INFINITY)).expect("json"), r#""inf""#);

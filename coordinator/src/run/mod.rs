@@ -9,7 +9,8 @@
 //!   `session.rs` (a child process speaking the protocol).
 //! * `artifacts.rs` receives files in chunks and checks them against the manifest;
 //!   `rundir.rs` is the run directory; `journal.rs` its journal; `progress.rs` the
-//!   terminal; `results.rs` and `report.rs` what is made of the results.
+//!   terminal; `results.rs` and `report.rs` what is made of the results (`report_plots.rs`
+//!   draws the plots, `report_server.rs` those of server sweeps).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,6 +33,8 @@ mod lifecycle;
 pub mod local;
 pub mod progress;
 pub mod report;
+mod report_plots;
+mod report_server;
 pub mod results;
 pub mod rundir;
 pub mod session;

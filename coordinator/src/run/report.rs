@@ -1,11 +1,14 @@
 //! The report: `report/index.html` (self-contained, inline SVG), `summary.md`,
-//! `summary.csv` and each plot as an `.svg` file.
+//! `summary.csv` and each plot as an `.svg` file named after its id.
 //!
 //! Plots: J per output token per configuration with 95 % confidence intervals over
 //! cycles; output tokens/s likewise; energy against latency per job with the Pareto front
-//! marked; each job's power timeseries; and, when a configuration ran on several nodes,
-//! the per-node comparison. Energy that was not measured is shown as "not measured",
-//! never as 0.
+//! marked; each job's power timeseries (a server job's steady-state window shaded); and,
+//! when a configuration ran on several nodes, the per-node comparison. A run with server
+//! jobs (`engine: openai`) adds throughput against latency and J per output token against
+//! load, one line per server configuration (`report_server.rs`). Every plot has numbered
+//! ticks on both axes and a legend (`report_plots.rs`). Energy that was not measured is
+//! shown as "not measured", never as 0.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,212 +18,44 @@ use anyhow::Result;
 use parquet::file::reader::SerializedFileReader;
 use parquet::record::Field;
 
-use super::results::{mean_ci, Row};
+use super::report_plots::{
+    bar_chart, begin, colour, esc, fmt_num, nice_max, not_measured, scatter, series_entries, Axes, Entry, Swatch, XAxis,
+};
+use super::report_server::{energy_vs_load, server_lines, throughput_latency, ENERGY_VS_LOAD, THROUGHPUT_LATENCY};
+use super::results::Row;
 use llem_common::util::write_atomic;
 
 use super::rundir::attempt_dir;
 
-const W: f64 = 720.0;
-const H: f64 = 300.0;
-const LEFT: f64 = 70.0;
-const BOTTOM: f64 = 60.0;
-const TOP: f64 = 20.0;
-const COLOURS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+pub use super::report_plots::pareto_front;
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-fn svg_open(id: &str, title: &str) -> String {
-    format!(
-        "<svg class=\"plot\" id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"{}\"><rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>",
-        esc(title)
-    )
-}
-
-fn not_measured(id: &str, title: &str, what: &str) -> String {
-    let mut s = svg_open(id, title);
-    let _ = write!(
-        s,
-        "<text class=\"not-measured\" x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"16\" fill=\"#666\">{} not measured on this node (no energy sensor) — never shown as 0</text></svg>",
-        W / 2.0,
-        H / 2.0,
-        esc(what)
-    );
-    s
-}
-
-/// Nice upper bound for an axis.
-fn nice_max(v: f64) -> f64 {
-    if v <= 0.0 || !v.is_finite() {
-        return 1.0;
-    }
-    let mag = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|&m| m >= v).unwrap_or(10.0 * mag)
-}
-
-fn axes(s: &mut String, y_max: f64, y_label: &str, x_label: &str) {
-    let (x0, y0, y1) = (LEFT, H - BOTTOM, TOP);
-    let _ = write!(s, "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{}\" y2=\"{y0}\" stroke=\"#333\"/>", W - 10.0);
-    let _ = write!(s, "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\" stroke=\"#333\"/>");
-    for i in 0..=4 {
-        let v = y_max * f64::from(i) / 4.0;
-        let y = y0 - (y0 - y1) * f64::from(i) / 4.0;
-        let _ = write!(
-            s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"11\">{}</text>",
-            x0 - 6.0,
-            y + 4.0,
-            fmt_num(v)
-        );
-        let _ = write!(s, "<line x1=\"{x0}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#eee\"/>", W - 10.0);
-    }
-    let _ = write!(
-        s,
-        "<text x=\"14\" y=\"{}\" font-size=\"12\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text>",
-        (y0 + y1) / 2.0,
-        (y0 + y1) / 2.0,
-        esc(y_label)
-    );
-    let _ = write!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">{}</text>",
-        (x0 + W) / 2.0,
-        H - 8.0,
-        esc(x_label)
-    );
-}
-
-fn fmt_num(v: f64) -> String {
-    if v == 0.0 {
-        "0".to_owned()
-    } else if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
-/// Bars with 95 % CI whiskers, one per configuration.
-fn bar_chart(id: &str, title: &str, unit: &str, groups: &[(String, Vec<f64>)]) -> Option<String> {
-    let stats: Vec<(String, (f64, Option<f64>))> =
-        groups.iter().filter_map(|(l, v)| mean_ci(v).map(|m| (l.clone(), m))).collect();
-    if stats.is_empty() {
-        return None;
-    }
-    let top = stats.iter().map(|(_, (m, ci))| m + ci.unwrap_or(0.0)).fold(0.0, f64::max);
-    let y_max = nice_max(top);
-    let mut s = svg_open(id, title);
-    axes(&mut s, y_max, unit, "configuration");
-    let plot_w = W - 10.0 - LEFT;
-    let slot = plot_w / stats.len() as f64;
-    let scale = |v: f64| (H - BOTTOM) - (H - BOTTOM - TOP) * v / y_max;
-    for (i, (label, (mean, ci))) in stats.iter().enumerate() {
-        let x = LEFT + slot * i as f64 + slot * 0.2;
-        let w = slot * 0.6;
-        let _ = write!(
-            s,
-            "<rect class=\"mark\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {} {}</title></rect>",
-            scale(*mean),
-            (H - BOTTOM) - scale(*mean),
-            COLOURS[i % COLOURS.len()],
-            esc(label),
-            fmt_num(*mean),
-            esc(unit)
-        );
-        if let Some(ci) = ci {
-            let cx = x + w / 2.0;
-            let (lo, hi) = (scale((mean - ci).max(0.0)), scale(mean + ci));
-            let _ = write!(s, "<line x1=\"{cx:.1}\" y1=\"{lo:.1}\" x2=\"{cx:.1}\" y2=\"{hi:.1}\" stroke=\"black\"/>");
-            for y in [lo, hi] {
-                let _ = write!(
-                    s,
-                    "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"black\"/>",
-                    cx - 6.0,
-                    cx + 6.0
-                );
-            }
-        }
-        let short: String = label.chars().take(28).collect();
-        let _ = write!(
-            s,
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
-            x + w / 2.0,
-            H - BOTTOM + 14.0,
-            esc(&short)
-        );
-    }
-    s.push_str("</svg>");
-    Some(s)
-}
-
-/// Indices of the points on the Pareto front (lower energy and lower latency are better).
-pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
-    (0..points.len())
-        .filter(|&i| {
-            !points.iter().enumerate().any(|(j, q)| {
-                j != i && q.0 <= points[i].0 && q.1 <= points[i].1 && (q.0 < points[i].0 || q.1 < points[i].1)
-            })
+/// `key=value` of swept fields, each key by its last part (`decoding.temperature` →
+/// `temperature`).
+pub(super) fn swept_label<'a>(swept: impl IntoIterator<Item = &'a (String, serde_json::Value)>) -> String {
+    swept
+        .into_iter()
+        .map(|(k, v)| {
+            format!("{}={}", k.rsplit('.').next().unwrap_or(k), v.as_str().map_or_else(|| v.to_string(), str::to_owned))
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-fn scatter(rows: &[Row]) -> Option<String> {
-    let pts: Vec<(f64, f64, &Row)> = rows
-        .iter()
-        .filter_map(|r| Some((r.result.latency.request_ms.map(|s| s.p50)?, r.result.energy.j_per_output_token?, r)))
-        .collect();
-    if pts.is_empty() {
-        return None;
+fn label(r: &Row) -> String {
+    let parts = swept_label(&r.swept);
+    if parts.is_empty() {
+        r.config_id.clone()
+    } else {
+        parts
     }
-    let (x_max, y_max) =
-        (nice_max(pts.iter().map(|p| p.0).fold(0.0, f64::max)), nice_max(pts.iter().map(|p| p.1).fold(0.0, f64::max)));
-    let mut s = svg_open("energy-latency", "energy against latency");
-    axes(&mut s, y_max, "J per output token", "request latency p50 (ms)");
-    let sx = |v: f64| LEFT + (W - 10.0 - LEFT) * v / x_max;
-    let sy = |v: f64| (H - BOTTOM) - (H - BOTTOM - TOP) * v / y_max;
-    let front = pareto_front(&pts.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>());
-    let mut line: Vec<(f64, f64)> = front.iter().map(|&i| (pts[i].0, pts[i].1)).collect();
-    line.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let path: Vec<String> = line.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
-    let _ = write!(
-        s,
-        "<polyline class=\"pareto\" points=\"{}\" fill=\"none\" stroke=\"#d62728\" stroke-dasharray=\"4 3\"/>",
-        path.join(" ")
-    );
-    for (i, (x, y, r)) in pts.iter().enumerate() {
-        let on_front = front.contains(&i);
-        let _ = write!(
-            s,
-            "<circle class=\"mark\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"{}\" fill=\"{}\"><title>{} cycle {}: {} ms, {} J/token{}</title></circle>",
-            sx(*x),
-            sy(*y),
-            if on_front { 6 } else { 4 },
-            if on_front { "#d62728" } else { "#1f77b4" },
-            esc(&r.config_id),
-            r.cycle,
-            fmt_num(*x),
-            fmt_num(*y),
-            if on_front { " (Pareto front)" } else { "" }
-        );
-    }
-    let _ = write!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#d62728\">— Pareto front</text>",
-        W - 120.0,
-        TOP + 12.0
-    );
-    s.push_str("</svg>");
-    Some(s)
 }
 
-/// Power (W) per second of one attempt's window, from its timeseries.parquet.
-fn power_series(path: &Path) -> Vec<(f64, Option<f64>)> {
+/// Power (W) per second of one attempt's window, from its timeseries.parquet: the rows
+/// of a second (one per device) summed; seconds without any reading left out.
+fn power_series(path: &Path) -> Vec<(f64, f64)> {
     let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
     let Ok(reader) = SerializedFileReader::new(file) else { return Vec::new() };
-    reader
+    let readings: Vec<(f64, Option<f64>)> = reader
         .into_iter()
         .flatten()
         .map(|row| {
@@ -235,34 +70,79 @@ fn power_series(path: &Path) -> Vec<(f64, Option<f64>)> {
             }
             (t, p)
         })
-        .collect()
+        .collect();
+    summed_per_second(readings)
 }
 
-fn timeseries(rows: &[Row], run_dir: &Path) -> Option<String> {
-    let series: Vec<(&Row, Vec<(f64, f64)>)> = rows
-        .iter()
-        .map(|r| {
-            let pts = power_series(&attempt_dir(run_dir, &r.job_id, r.attempt).join("timeseries.parquet"));
-            (r, pts.into_iter().filter_map(|(t, p)| Some((t, p?))).collect::<Vec<_>>())
-        })
-        .filter(|(_, p)| !p.is_empty())
-        .collect();
+/// Sums the readings of equal timestamps (the devices of one second), in time order.
+fn summed_per_second(readings: Vec<(f64, Option<f64>)>) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = readings.into_iter().filter_map(|(t, p)| Some((t, p?))).collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out: Vec<(f64, f64)> = Vec::with_capacity(pts.len());
+    for (t, p) in pts {
+        match out.last_mut() {
+            Some(last) if last.0.total_cmp(&t).is_eq() => last.1 += p,
+            _ => out.push((t, p)),
+        }
+    }
+    out
+}
+
+/// Each job's power over its measured window, a server job's steady-state window shaded
+/// in the job's colour.
+fn timeseries_svg(series: &[(&Row, Vec<(f64, f64)>)]) -> Option<String> {
     if series.is_empty() {
         return None;
     }
-    let x_max = nice_max(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(1.0, f64::max));
+    let steady: Vec<(usize, f64, f64)> = series
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (r, _))| {
+            let ss = r.result.serving.as_ref()?.steady_state.as_ref()?;
+            Some((i, ss.start_s, ss.end_s))
+        })
+        .collect();
+    let t_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .chain(steady.iter().map(|w| w.2).filter(|t| t.is_finite()))
+        .fold(1.0, f64::max);
     let y_max = nice_max(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(0.0, f64::max));
-    let mut s = svg_open("power-timeseries", "power timeseries of each job");
-    axes(&mut s, y_max, "power (W)", "seconds into the measured window");
-    let sx = |v: f64| LEFT + (W - 10.0 - LEFT) * v / x_max;
-    let sy = |v: f64| (H - BOTTOM) - (H - BOTTOM - TOP) * v / y_max;
+    let mut legend = series_entries(
+        series.iter().enumerate().map(|(i, (r, _))| (Swatch::Line(colour(i)), r.job_id.clone())),
+        "jobs",
+    );
+    if !steady.is_empty() {
+        legend.push(Entry::new(Swatch::Shade("#888888"), "steady-state window (shaded in its job's colour)"));
+    }
+    let axes = Axes {
+        x: XAxis::Linear { max: nice_max(t_max) },
+        x_label: "time into the measured window (s)",
+        y_max,
+        y_label: "power (W, devices summed)",
+    };
+    let (mut s, frame) = begin("power-timeseries", "power timeseries of each job", &legend, &axes);
+    for &(i, start, end) in &steady {
+        let (x1, x2) = (frame.sx(start.max(0.0)), frame.sx(end.max(start).min(nice_max(t_max))));
+        let _ = write!(
+            s,
+            "<rect class=\"steady-state\" x=\"{x1:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" fill-opacity=\"0.15\"><title>{}: steady state {} s to {} s</title></rect>",
+            frame.top,
+            (x2 - x1).max(0.0),
+            frame.bottom() - frame.top,
+            colour(i),
+            esc(&series[i].0.job_id),
+            fmt_num(start),
+            fmt_num(end)
+        );
+    }
     for (i, (r, pts)) in series.iter().enumerate() {
-        let path: Vec<String> = pts.iter().map(|(t, p)| format!("{:.1},{:.1}", sx(*t), sy(*p))).collect();
+        let path: Vec<String> = pts.iter().map(|(t, p)| format!("{:.1},{:.1}", frame.sx(*t), frame.sy(*p))).collect();
         let _ = write!(
             s,
             "<polyline class=\"mark\" points=\"{}\" fill=\"none\" stroke=\"{}\"><title>{}</title></polyline>",
             path.join(" "),
-            COLOURS[i % COLOURS.len()],
+            colour(i),
             esc(&r.job_id)
         );
     }
@@ -270,19 +150,13 @@ fn timeseries(rows: &[Row], run_dir: &Path) -> Option<String> {
     Some(s)
 }
 
-fn label(r: &Row) -> String {
-    let parts: Vec<String> = r
-        .swept
+fn timeseries(rows: &[Row], run_dir: &Path) -> Option<String> {
+    let series: Vec<(&Row, Vec<(f64, f64)>)> = rows
         .iter()
-        .map(|(k, v)| {
-            format!("{}={}", k.rsplit('.').next().unwrap_or(k), v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-        })
+        .map(|r| (r, power_series(&attempt_dir(run_dir, &r.job_id, r.attempt).join("timeseries.parquet"))))
+        .filter(|(_, p)| !p.is_empty())
         .collect();
-    if parts.is_empty() {
-        r.config_id.clone()
-    } else {
-        parts.join(" ")
-    }
+    timeseries_svg(&series)
 }
 
 /// Writes `report/` and returns the path of index.html.
@@ -310,6 +184,7 @@ pub fn write_report(
         "j-per-token",
         "J per output token",
         "J per output token",
+        "configuration",
         &groups(|r| r.result.energy.j_per_output_token),
     )
     .unwrap_or_else(|| not_measured("j-per-token", "J per output token", "Energy"));
@@ -317,11 +192,20 @@ pub fn write_report(
         "tokens-per-s",
         "output tokens per second",
         "output tokens/s",
+        "configuration",
         &groups(|r| r.result.throughput.output_tokens_per_s),
     )
     .unwrap_or_else(|| not_measured("tokens-per-s", "throughput", "Throughput"));
     let sc = scatter(rows).unwrap_or_else(|| not_measured("energy-latency", "energy against latency", "Energy"));
     let ts = timeseries(rows, run_dir).unwrap_or_else(|| not_measured("power-timeseries", "power timeseries", "Power"));
+    // Server sweeps only: a run without server jobs has none of these plots.
+    let lines = server_lines(rows);
+    let server_plots: Vec<(&str, String)> = if lines.is_empty() {
+        Vec::new()
+    } else {
+        vec![(THROUGHPUT_LATENCY, throughput_latency(&lines)), (ENERGY_VS_LOAD, energy_vs_load(&lines))]
+    };
+    let server_html = server_section(&server_plots);
     // Per-node comparison: configurations that ran on several nodes.
     let mut nodes_html = String::new();
     for id in &order {
@@ -331,7 +215,7 @@ pub fn write_report(
         }
         if per_node.len() > 1 {
             let g: Vec<(String, Vec<f64>)> = per_node.into_iter().collect();
-            if let Some(svg) = bar_chart(&format!("nodes-{id}"), "per node", "J per output token", &g) {
+            if let Some(svg) = bar_chart(&format!("nodes-{id}"), "per node", "J per output token", "node", &g) {
                 let _ = write!(nodes_html, "<h3>{}</h3>{svg}", esc(&label(by_config[id][0])));
             }
         }
@@ -346,6 +230,9 @@ pub fn write_report(
         ("power-timeseries.svg", &ts),
     ] {
         write_atomic(&dir.join(name), svg.as_bytes())?;
+    }
+    for (id, svg) in &server_plots {
+        write_atomic(&dir.join(format!("{id}.svg")), svg.as_bytes())?;
     }
     write_atomic(&dir.join("summary.md"), summary_md.as_bytes())?;
     write_atomic(&dir.join("summary.csv"), summary_csv.as_bytes())?;
@@ -362,7 +249,7 @@ pub fn write_report(
 <h2>Throughput</h2>{tps}
 <h2>Energy against latency</h2>{sc}
 <h2>Power during each job</h2>{ts}
-<h2>Per-node comparison</h2>{nodes_html}
+{server_html}<h2>Per-node comparison</h2>{nodes_html}
 <h2>Nodes</h2>{provenance}
 <script>
 // Records what the browser actually laid out, so a headless check can tell drawn plots
@@ -371,7 +258,9 @@ window.addEventListener('load', () => {{
   const plots = [...document.querySelectorAll('svg.plot')].map(s => {{
     const r = s.getBoundingClientRect();
     return {{id: s.id, width: Math.round(r.width), height: Math.round(r.height),
-             marks: s.querySelectorAll('.mark').length, notMeasured: s.querySelectorAll('.not-measured').length}};
+             marks: s.querySelectorAll('.mark').length, notMeasured: s.querySelectorAll('.not-measured').length,
+             ticksX: s.querySelectorAll('.tick-x').length, ticksY: s.querySelectorAll('.tick-y').length,
+             legend: s.querySelectorAll('.legend-entry').length}};
   }});
   document.body.setAttribute('data-plots', JSON.stringify(plots));
 }});
@@ -385,6 +274,25 @@ window.addEventListener('load', () => {{
     let index = dir.join("index.html");
     write_atomic(&index, html.as_bytes())?;
     Ok(index)
+}
+
+/// The server-sweep plots with their headings (empty without server jobs).
+fn server_section(plots: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (id, svg) in plots {
+        let (heading, about) = match *id {
+            THROUGHPUT_LATENCY => (
+                "Throughput against latency",
+                "One line per server configuration (jobs that differ only in load), points in load order; each point the mean over cycles.",
+            ),
+            _ => (
+                "J per output token against load",
+                "Energy of the whole measured window per output token, mean over cycles with 95 % confidence intervals.",
+            ),
+        };
+        let _ = write!(out, "<h2>{heading}</h2>\n<p>{about}</p>{svg}\n");
+    }
+    out
 }
 
 /// Where the jobs ran, as each node's probe reported it before its first job
@@ -448,12 +356,83 @@ fn markdown_table_to_html(md: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::report_plots::tests::assert_labelled;
+    use crate::run::results::summary;
+    use crate::run::results::test_rows::{candle_row, server_row};
+
+    fn report(rows: &[Row]) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (md, csv) = summary(rows);
+        let index = write_report("t", rows, dir.path(), &md, &csv).expect("report");
+        let html = std::fs::read_to_string(index).expect("index.html");
+        (dir, html)
+    }
 
     #[test]
-    fn pareto() {
-        let pts = [(1.0, 5.0), (2.0, 2.0), (3.0, 3.0), (4.0, 1.0), (2.0, 2.0)];
-        assert_eq!(pareto_front(&pts), vec![0, 1, 3, 4]);
-        assert_eq!(nice_max(7.3), 10.0);
-        assert_eq!(nice_max(0.023), 0.025);
+    fn a_candle_only_run_makes_none_of_the_server_plots() {
+        let mut rows = vec![candle_row("a", 1), candle_row("a", 2), candle_row("b", 1)];
+        for (r, j) in rows.iter_mut().zip([0.5, 0.6, 0.2]) {
+            r.result.energy.j_per_output_token = Some(j);
+        }
+        let (dir, html) = report(&rows);
+        let report = dir.path().join("report");
+        for id in [THROUGHPUT_LATENCY, ENERGY_VS_LOAD] {
+            assert!(!html.contains(id), "{id} in a run without server jobs");
+            assert!(!report.join(format!("{id}.svg")).exists(), "{id}.svg");
+        }
+        let ids: Vec<&str> = html
+            .match_indices("<svg class=\"plot\" id=\"")
+            .map(|(i, m)| &html[i + m.len()..])
+            .map(|t| &t[..t.find('"').unwrap_or(0)])
+            .collect();
+        assert_eq!(ids, vec!["j-per-token", "tokens-per-s", "energy-latency", "power-timeseries"]);
+        for name in ["j-per-token.svg", "tokens-per-s.svg", "energy-latency.svg"] {
+            assert_labelled(&std::fs::read_to_string(report.join(name)).expect("svg"));
+        }
+        // No timeseries here: "not measured", never an empty frame or 0.
+        let ts = std::fs::read_to_string(report.join("power-timeseries.svg")).expect("svg");
+        assert!(ts.contains("class=\"not-measured\""), "{ts}");
+        assert!(html.contains("ticksX") && html.contains("data-plots"), "the headless check's markers stay");
+    }
+
+    #[test]
+    fn a_server_sweep_adds_its_plots() {
+        let rows = vec![server_row("c1", 1, 1, 64), server_row("c4", 1, 4, 64), server_row("c4", 2, 4, 64)];
+        let (dir, html) = report(&rows);
+        for id in [THROUGHPUT_LATENCY, ENERGY_VS_LOAD] {
+            assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
+            let svg = std::fs::read_to_string(dir.path().join("report").join(format!("{id}.svg"))).expect("svg");
+            assert_labelled(&svg);
+        }
+        assert!(html.find("power-timeseries") < html.find(THROUGHPUT_LATENCY));
+    }
+
+    #[test]
+    fn power_timeseries_have_ticks_a_legend_and_the_steady_state_shaded() {
+        let candle = candle_row("a", 1);
+        let served = server_row("s", 1, 4, 64);
+        let series = vec![(&candle, vec![(0.0, 10.0), (1.0, 12.0)]), (&served, vec![(0.0, 50.0), (1.0, 80.0)])];
+        let ts = timeseries_svg(&series).expect("timeseries");
+        assert_labelled(&ts);
+        assert_eq!(ts.matches("class=\"legend-entry\"").count(), 3, "one entry per job, one for the shading");
+        assert!(ts.contains("steady-state window"));
+        assert_eq!(ts.matches("class=\"steady-state\"").count(), 1, "{ts}");
+        assert_eq!(ts.matches("class=\"mark\"").count(), 2);
+        let ts = timeseries_svg(&series[..1]).expect("timeseries");
+        assert!(!ts.contains("steady-state"), "no server job, no shading: {ts}");
+        assert!(timeseries_svg(&[]).is_none());
+    }
+
+    #[test]
+    fn devices_of_one_second_are_summed() {
+        let summed = summed_per_second(vec![(1.0, Some(2.0)), (0.0, Some(1.0)), (1.0, Some(3.0)), (2.0, None)]);
+        assert_eq!(summed, vec![(0.0, 1.0), (1.0, 5.0)]);
+    }
+
+    #[test]
+    fn labels_name_the_swept_fields() {
+        let row = server_row("c1", 1, 1, 64);
+        assert_eq!(label(&row), "concurrency=1 max-num-seqs=64");
+        assert_eq!(label(&candle_row("abc", 1)), "abc");
     }
 }

@@ -1,13 +1,15 @@
 //! `results.parquet` (one flat row per finished job, analysis-ready) and `summary.md` /
 //! `summary.csv` (one row per configuration, mean over cycles with a 95 % confidence
 //! interval). Null stays null: energy that was not measured is "not measured", never 0.
+//! Server jobs (`engine: openai`) add their `serving` figures: columns that are null for
+//! every other job, and summary columns only when some job is a server job.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use llem_common::result::JobResult;
+use llem_common::result::{JobResult, ServingResult};
 use llem_common::spec::fields;
 use parquet::basic::Compression;
 use parquet::column::writer::ColumnWriter;
@@ -117,7 +119,9 @@ fn column_name(path: &str) -> String {
 }
 
 /// Writes `results.parquet`: job id, config id, cycle, attempt, node, every swept field
-/// as its own column (numbers as doubles), the key metrics and the warning codes.
+/// as its own column (numbers as doubles), the key metrics and the warning codes; then
+/// `gpus` (GPUs the job held, 0 on the CPU) and a server job's `serving` figures (null for
+/// the jobs of other engines).
 pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
     let mut cols: Vec<(String, Column)> = vec![
         ("job_id".into(), Column::Str(rows.iter().map(|r| Some(r.job_id.clone())).collect())),
@@ -175,6 +179,46 @@ pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
                 .collect(),
         ),
     ));
+    // Server figures, null for jobs of other engines; `gpus` for every job (0 on the CPU).
+    let sv = |g: fn(&ServingResult) -> Option<f64>| {
+        Column::F64(rows.iter().map(|r| r.result.serving.as_ref().and_then(g)).collect())
+    };
+    let count = |g: fn(&ServingResult) -> u64| {
+        Column::I64(rows.iter().map(|r| r.result.serving.as_ref().map(|s| g(s) as i64)).collect())
+    };
+    let served: Vec<(String, Column)> = vec![
+        ("gpus".to_owned(), Column::I64(rows.iter().map(|r| Some(i64::from(r.result.spec.gpu_count()))).collect())),
+        ("serving_requests".to_owned(), count(|s| s.requests)),
+        ("serving_errors".to_owned(), count(|s| s.errors)),
+        ("request_throughput_per_s".to_owned(), sv(|s| s.request_throughput_per_s)),
+        ("output_tokens_per_s_served".to_owned(), sv(|s| s.output_tokens_per_s)),
+        ("ttft_ms_p50".to_owned(), sv(|s| s.ttft_ms.map(|d| d.p50))),
+        ("ttft_ms_p99".to_owned(), sv(|s| s.ttft_ms.map(|d| d.p99))),
+        ("tpot_ms_p50".to_owned(), sv(|s| s.tpot_ms.map(|d| d.p50))),
+        ("tpot_ms_p99".to_owned(), sv(|s| s.tpot_ms.map(|d| d.p99))),
+        ("itl_ms_p50".to_owned(), sv(|s| s.itl_ms.map(|d| d.p50))),
+        ("itl_ms_p99".to_owned(), sv(|s| s.itl_ms.map(|d| d.p99))),
+        ("e2el_ms_p50".to_owned(), sv(|s| s.e2el_ms.map(|d| d.p50))),
+        ("e2el_ms_p99".to_owned(), sv(|s| s.e2el_ms.map(|d| d.p99))),
+        ("goodput_requests_per_s".to_owned(), sv(|s| s.goodput_requests_per_s)),
+        ("steady_state_j_per_output_token".to_owned(), sv(|s| s.steady_state.as_ref()?.j_per_output_token)),
+        ("steady_state_output_tokens_per_s".to_owned(), sv(|s| s.steady_state.as_ref()?.output_tokens_per_s)),
+        ("energy_per_request_j_mean".to_owned(), sv(|s| s.energy_per_request_j.map(|d| d.mean))),
+        (
+            "token_count_method".to_owned(),
+            Column::Str(
+                rows.iter()
+                    .map(|r| r.result.serving.as_ref().map(|s| s.token_count_method.name().to_owned()))
+                    .collect(),
+            ),
+        ),
+    ];
+    for (name, col) in served {
+        // A swept field of the same name (`gpus`) already has its column.
+        if !cols.iter().any(|(n, _)| *n == name) {
+            cols.push((name, col));
+        }
+    }
     write_parquet(path, &cols)
 }
 
@@ -206,7 +250,9 @@ fn fmt(v: Option<(f64, Option<f64>)>, digits: usize) -> String {
     }
 }
 
-/// `summary.md` and `summary.csv`: one row per configuration.
+/// `summary.md` and `summary.csv`: one row per configuration. With server jobs in the
+/// run, TTFT p99 and served output tokens/s too ("–" for a configuration of another
+/// engine).
 pub fn summary(rows: &[Row]) -> (String, String) {
     let mut configs: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -216,8 +262,16 @@ pub fn summary(rows: &[Row]) -> (String, String) {
         }
         configs.entry(r.config_id.clone()).or_default().push(r);
     }
-    let mut md = String::from("| config | swept | cycles | J / output token (95 % CI) | output tok/s | TTFT p50 ms |\n|---|---|---|---|---|---|\n");
-    let mut csv = String::from("config_id,swept,cycles,j_per_output_token_mean,j_per_output_token_ci95,output_tokens_per_s_mean,ttft_p50_ms_mean\n");
+    let served = rows.iter().any(|r| r.result.serving.is_some());
+    let mut md =
+        String::from("| config | swept | cycles | gpus | J / output token (95 % CI) | output tok/s | TTFT p50 ms |");
+    let mut csv = String::from("config_id,swept,cycles,j_per_output_token_mean,j_per_output_token_ci95,output_tokens_per_s_mean,ttft_p50_ms_mean,gpus");
+    if served {
+        md += " TTFT p99 ms (served) | output tok/s (served) |";
+        csv += ",ttft_p99_ms_mean,output_tokens_per_s_served_mean";
+    }
+    md += if served { "\n|---|---|---|---|---|---|---|---|---|\n" } else { "\n|---|---|---|---|---|---|---|\n" };
+    csv += "\n";
     for id in &order {
         let group = &configs[id];
         let swept = group[0]
@@ -226,26 +280,138 @@ pub fn summary(rows: &[Row]) -> (String, String) {
             .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
             .collect::<Vec<_>>()
             .join(" ");
+        let gpus = group[0].result.spec.gpu_count();
         let jpt: Vec<f64> = group.iter().filter_map(|r| r.result.energy.j_per_output_token).collect();
         let tps: Vec<f64> = group.iter().filter_map(|r| r.result.throughput.output_tokens_per_s).collect();
         let ttft: Vec<f64> = group.iter().filter_map(|r| r.result.latency.ttft_ms.map(|s| s.p50)).collect();
         let (j, t, f) = (mean_ci(&jpt), mean_ci(&tps), mean_ci(&ttft));
-        md += &format!("| `{id}` | {swept} | {} | {} | {} | {} |\n", group.len(), fmt(j, 4), fmt(t, 1), fmt(f, 1));
+        md +=
+            &format!("| `{id}` | {swept} | {} | {gpus} | {} | {} | {} |", group.len(), fmt(j, 4), fmt(t, 1), fmt(f, 1));
         let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x}"));
         csv += &format!(
-            "{id},\"{swept}\",{},{},{},{},{}\n",
+            "{id},\"{swept}\",{},{},{},{},{},{gpus}",
             group.len(),
             opt(j.map(|x| x.0)),
             opt(j.and_then(|x| x.1)),
             opt(t.map(|x| x.0)),
             opt(f.map(|x| x.0))
         );
+        if served {
+            let serving: Vec<&ServingResult> = group.iter().filter_map(|r| r.result.serving.as_ref()).collect();
+            let p99: Vec<f64> = serving.iter().filter_map(|s| s.ttft_ms.map(|d| d.p99)).collect();
+            let out: Vec<f64> = serving.iter().filter_map(|s| s.output_tokens_per_s).collect();
+            let (p, o) = (mean_ci(&p99), mean_ci(&out));
+            if serving.is_empty() {
+                md += " – | – |";
+            } else {
+                md += &format!(" {} | {} |", fmt(p, 1), fmt(o, 1));
+            }
+            csv += &format!(",{},{}", opt(p.map(|x| x.0)), opt(o.map(|x| x.0)));
+        }
+        md += "\n";
+        csv += "\n";
     }
     (md, csv)
 }
 
+/// Rows for the tests of the results and the report: the checked-in v1 result as a
+/// candle job, or as a server job with figures derived from its load.
+#[cfg(test)]
+pub(crate) mod test_rows {
+    use std::collections::BTreeMap;
+
+    use llem_common::result::{Distribution, JobResult, ServingResult, SteadyState, TokenCountMethod};
+    use llem_common::spec::{Device, Engine, Load, Server};
+
+    use super::Row;
+
+    fn fixture() -> JobResult {
+        JobResult::from_json(include_str!("../../../tests/fixtures/result-v1.json")).expect("the v1 fixture loads")
+    }
+
+    /// A CPU job of engine `candle`, nothing swept, no energy measured.
+    pub(crate) fn candle_row(config: &str, cycle: u32) -> Row {
+        let mut result = fixture();
+        result.spec.engine = Engine::Candle;
+        result.job_id = format!("{config}-c{cycle}");
+        let job_id = result.job_id.clone();
+        Row { job_id, config_id: config.to_owned(), cycle, attempt: 1, swept: Vec::new(), result }
+    }
+
+    fn dist(p50: f64, p99: f64) -> Distribution {
+        Distribution { mean: p50, p50, p90: p99, p95: p99, p99, n: 100 }
+    }
+
+    /// A closed-loop server job on 2 GPUs with `concurrency` requests in flight and the
+    /// server option `max-num-seqs: seqs` (both swept). TTFT p50/p99 10/30 ms × c,
+    /// 100 output tokens/s × c, J per output token 1/c + 0.01 × cycle.
+    pub(crate) fn server_row(config: &str, cycle: u32, concurrency: u32, seqs: u32) -> Row {
+        let mut row = candle_row(config, cycle);
+        let c = f64::from(concurrency);
+        let jpt = 1.0 / c + 0.01 * f64::from(cycle);
+        let r = &mut row.result;
+        r.spec.engine = Engine::Openai;
+        r.spec.device = Device::Cuda(None);
+        r.spec.gpus = Some(2);
+        r.spec.load = Some(Load {
+            burstiness: None,
+            concurrency: Some(concurrency),
+            duration_s: None,
+            max_error_rate: 0.1,
+            request_rate: None,
+            requests: Some(100),
+            seed: 0,
+            slo: None,
+            timeout_s: 600.0,
+        });
+        r.spec.server = Some(Server {
+            command: Some(vec!["serve".to_owned(), "{port}".to_owned()]),
+            env: BTreeMap::new(),
+            options: BTreeMap::from([("max-num-seqs".to_owned(), serde_json::json!(seqs))]),
+            ready_timeout_s: 600.0,
+            url: None,
+        });
+        r.energy.j_per_output_token = Some(jpt);
+        r.serving = Some(ServingResult {
+            server: Some("vllm".to_owned()),
+            requests: 100,
+            errors: 1,
+            token_count_method: TokenCountMethod::Usage,
+            request_throughput_per_s: Some(c),
+            output_tokens_per_s: Some(100.0 * c),
+            total_tokens_per_s: None,
+            ttft_ms: Some(dist(10.0 * c, 30.0 * c)),
+            tpot_ms: Some(dist(5.0, 9.0)),
+            itl_ms: Some(dist(5.0, 12.0)),
+            itl_per_token_ms: None,
+            e2el_ms: Some(dist(300.0, 900.0)),
+            goodput_requests_per_s: Some(0.9 * c),
+            steady_state: Some(SteadyState {
+                start_s: 0.2,
+                end_s: 0.8,
+                output_tokens: 400,
+                output_tokens_per_s: Some(90.0 * c),
+                energy_j: Some(400.0 * jpt),
+                adjusted_j: None,
+                j_per_output_token: Some(jpt),
+                j_per_output_token_adjusted: None,
+            }),
+            energy_per_request_j: Some(dist(2.0, 4.0)),
+            send_lag_ms: None,
+        });
+        row.swept = vec![
+            ("load.concurrency".to_owned(), serde_json::json!(concurrency)),
+            ("server.options.max-num-seqs".to_owned(), serde_json::json!(seqs)),
+        ];
+        row
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use parquet::file::reader::SerializedFileReader;
+    use parquet::record::Field;
+
     use super::*;
 
     #[test]
@@ -256,5 +422,92 @@ mod tests {
         assert_eq!(m, 2.0);
         assert!((ci.expect("ci") - 4.303 * 1.0 / 3f64.sqrt()).abs() < 1e-9);
         assert_eq!(fmt(None, 2), "not measured");
+    }
+
+    const SERVER_COLUMNS: [&str; 18] = [
+        "serving_requests",
+        "serving_errors",
+        "request_throughput_per_s",
+        "output_tokens_per_s_served",
+        "ttft_ms_p50",
+        "ttft_ms_p99",
+        "tpot_ms_p50",
+        "tpot_ms_p99",
+        "itl_ms_p50",
+        "itl_ms_p99",
+        "e2el_ms_p50",
+        "e2el_ms_p99",
+        "goodput_requests_per_s",
+        "steady_state_j_per_output_token",
+        "steady_state_output_tokens_per_s",
+        "energy_per_request_j_mean",
+        "token_count_method",
+        "j_per_output_token",
+    ];
+
+    /// Writes `rows` to a results.parquet and reads it back: each row's (column, value).
+    fn round_trip(rows: &[Row]) -> Vec<Vec<(String, Field)>> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("results.parquet");
+        write_results_parquet(rows, &path).expect("write");
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).expect("open")).expect("parquet");
+        reader
+            .into_iter()
+            .map(|row| row.expect("row").get_column_iter().map(|(n, f)| (n.clone(), f.clone())).collect())
+            .collect()
+    }
+
+    #[test]
+    fn results_parquet_has_the_server_columns_null_for_other_jobs() {
+        let back = round_trip(&[test_rows::candle_row("a", 1), test_rows::server_row("s", 1, 4, 64)]);
+        assert_eq!(back.len(), 2);
+        let get = |row: usize, name: &str| {
+            back[row].iter().find(|(n, _)| n == name).map(|(_, f)| f.clone()).unwrap_or_else(|| panic!("no {name}"))
+        };
+        // j_per_output_token: the candle fixture measured no energy (null, never 0).
+        for name in SERVER_COLUMNS {
+            assert_eq!(get(0, name), Field::Null, "{name} of a candle job");
+            assert_ne!(get(1, name), Field::Null, "{name} of a server job");
+        }
+        assert_eq!((get(0, "gpus"), get(1, "gpus")), (Field::Long(0), Field::Long(2)));
+        assert_eq!(get(1, "ttft_ms_p99"), Field::Double(120.0));
+        assert_eq!(get(1, "output_tokens_per_s_served"), Field::Double(400.0));
+        assert_eq!(get(1, "serving_errors"), Field::Long(1));
+        assert_eq!(get(1, "token_count_method"), Field::Str("usage".to_owned()));
+        assert_eq!(get(1, "load_concurrency"), Field::Double(4.0));
+        let names: Vec<&str> = back[0].iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.iter().filter(|n| **n == "gpus").count(), 1);
+        assert!(names.starts_with(&["job_id", "config_id", "cycle", "attempt", "node", "model"]), "{names:?}");
+    }
+
+    #[test]
+    fn a_swept_gpus_field_keeps_its_one_column() {
+        let mut row = test_rows::server_row("s", 1, 4, 64);
+        row.swept.push(("gpus".to_owned(), serde_json::json!(2)));
+        let back = round_trip(&[row]);
+        let gpus: Vec<&Field> = back[0].iter().filter(|(n, _)| n == "gpus").map(|(_, f)| f).collect();
+        assert_eq!(gpus, vec![&Field::Double(2.0)], "the swept column (a double), once");
+    }
+
+    #[test]
+    fn summary_has_gpus_and_server_columns_only_with_server_jobs() {
+        let (md, csv) = summary(&[test_rows::candle_row("a", 1)]);
+        assert!(md.lines().next().expect("header").contains("| gpus |") && !md.contains("TTFT p99"), "{md}");
+        assert!(csv.lines().next().expect("header").ends_with(",ttft_p50_ms_mean,gpus"), "{csv}");
+        assert!(md.contains("| 1 | 0 | not measured |"), "one cycle, no GPU, energy not measured: {md}");
+
+        let rows =
+            [test_rows::candle_row("a", 1), test_rows::server_row("s", 1, 4, 64), test_rows::server_row("s", 2, 4, 64)];
+        let (md, csv) = summary(&rows);
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines.len(), 4, "{md}");
+        assert!(lines[0].contains("TTFT p99 ms (served)") && lines[0].contains("output tok/s (served)"));
+        for l in &lines {
+            assert_eq!(l.matches('|').count(), 10, "{l}");
+        }
+        assert!(lines[2].ends_with(" – | – |"), "a candle configuration: {}", lines[2]);
+        let server = lines[3];
+        assert!(server.contains("| 2 | 2 |") && server.contains("120.0") && server.contains("400.0"), "{server}");
+        assert!(csv.lines().nth(2).expect("row").ends_with(",2,120,400"), "{csv}");
     }
 }

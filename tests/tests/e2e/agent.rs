@@ -158,7 +158,7 @@ fn without_a_sensor_energy_is_null_never_zero() {
     let codes: Vec<&str> =
         r["warnings"].as_array().expect("warnings").iter().filter_map(|w| w["code"].as_str()).collect();
     assert!(codes.contains(&"no_energy_sensor"), "{codes:?}");
-    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["schema_version"], llem_common::result::SCHEMA_VERSION);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_energy_sensor"));
 }
 

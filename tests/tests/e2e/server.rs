@@ -229,6 +229,16 @@ fn a_server_the_agent_starts_is_measured_with_exact_token_counts_and_reaped() {
     assert!(two > one, "TTFT at concurrency 2 ({two:.0} ms) should exceed concurrency 1 ({one:.0} ms)");
     let report = llem(dir.path(), &["report", run.to_str().expect("utf-8")]).output().expect("report");
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    // The server plots: the throughput–latency curve with both TTFT markers, labelled
+    // ticks on both axes and a legend; J per token against load reads "not measured".
+    let html = std::fs::read_to_string(run.join("report").join("index.html")).expect("index.html");
+    assert!(html.contains("id=\"plot-throughput-latency\"") && html.contains("id=\"plot-energy-vs-load\""));
+    let curve = std::fs::read_to_string(run.join("report").join("plot-throughput-latency.svg")).expect("svg");
+    for part in ["class=\"tick-x\"", "class=\"tick-y\"", "class=\"legend\"", "TTFT p50", "TTFT p99"] {
+        assert!(curve.contains(part), "the curve lacks {part}");
+    }
+    let energy = std::fs::read_to_string(run.join("report").join("plot-energy-vs-load.svg")).expect("svg");
+    assert!(energy.contains("not measured") && !energy.contains(">0 J"), "energy is never drawn as 0");
 }
 
 #[test]

@@ -260,3 +260,30 @@ fn nix_kill(pid: u32, signal: &str) {
     let ok = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().expect("kill").success();
     assert!(ok);
 }
+
+#[test]
+fn an_open_loop_keeps_its_schedule_and_chat_streams_count_exactly() {
+    // 20 arrivals at 40/s (Poisson, seeded) on the chat API: every request is sent near its
+    // time (the fake answers in ~15 ms), and the role-only first delta is no token.
+    let job = Job::new("ok", "{request_rate: 40, requests: 20, seed: 3}");
+    let yaml = std::fs::read_to_string(job.dir.path().join("job.yaml")).expect("job") + "api: chat\n";
+    std::fs::write(job.dir.path().join("job.yaml"), yaml).expect("job");
+    let out = job.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = result(&job);
+    assert_eq!(r["tokens"]["output"], 20 * 8);
+    assert_eq!(r["serving"]["token_count_method"], "usage");
+    let lag = &r["serving"]["send_lag_ms"];
+    assert_eq!(lag["n"], 20);
+    assert!(lag["p50"].as_f64().expect("lag") < 50.0, "{lag}");
+    let rows = rows(&job.out().join("requests.parquet"));
+    let scheduled: Vec<f64> = rows.iter().map(|r| r["scheduled_s"].as_f64().expect("open loop")).collect();
+    assert!(scheduled.windows(2).all(|w| w[0] <= w[1]), "{scheduled:?}");
+    assert!(scheduled[19] > 0.1 && scheduled[19] < 3.0, "20 arrivals at 40/s: {scheduled:?}");
+    for row in &rows {
+        assert_eq!(
+            row["tokens_per_event"].as_array().expect("known").iter().map(|n| n.as_u64().expect("n")).sum::<u64>(),
+            8
+        );
+    }
+}

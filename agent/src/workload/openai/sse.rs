@@ -13,17 +13,20 @@ impl EventReader {
     /// Feeds bytes; returns the data of every event they completed, in order.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
         let mut events = Vec::new();
-        for &b in bytes {
-            if b != b'\n' {
-                self.line.push(b);
-                continue;
+        let mut rest = bytes;
+        // Whole lines at a time: the split is a fast byte search, not a loop per byte.
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (piece, after) = rest.split_at(end);
+            rest = &after[1..];
+            if self.line.is_empty() {
+                self.line_done(strip_cr(piece), &mut events);
+            } else {
+                self.line.extend_from_slice(piece);
+                let line = std::mem::take(&mut self.line);
+                self.line_done(strip_cr(&line), &mut events);
             }
-            if self.line.last() == Some(&b'\r') {
-                self.line.pop();
-            }
-            let line = std::mem::take(&mut self.line);
-            self.line_done(&line, &mut events);
         }
+        self.line.extend_from_slice(rest);
         events
     }
 
@@ -60,6 +63,10 @@ impl EventReader {
     }
 }
 
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 /// What one event of a completion stream says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Chunk {
@@ -78,6 +85,63 @@ pub enum Chunk {
     Error(String),
 }
 
+// The parts of a chunk llem reads. Servers add fields of their own, so unknown fields
+// are ignored here (this is someone else's format, not a file of ours). Strings borrow
+// from the event where they can: this runs once per token of every stream.
+#[derive(serde::Deserialize)]
+struct RawChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<RawChoice<'a>>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    timings: Option<RawTimings>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawChoice<'a> {
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<RawDelta<'a>>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<RawLogprobs>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawLogprobs {
+    /// Completions: one entry per token.
+    #[serde(default)]
+    tokens: Option<Vec<serde::de::IgnoredAny>>,
+    /// Chat: one entry per token.
+    #[serde(default)]
+    content: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawTimings {
+    prompt_n: Option<u64>,
+    predicted_n: Option<u64>,
+}
+
 /// Interprets one event's data. An event may say several things (text and usage in one
 /// chunk): all are returned, text first.
 pub fn interpret(data: &str) -> Result<Vec<Chunk>, String> {
@@ -85,41 +149,31 @@ pub fn interpret(data: &str) -> Result<Vec<Chunk>, String> {
     if data == "[DONE]" {
         return Ok(vec![Chunk::Done]);
     }
-    let value: serde_json::Value =
-        serde_json::from_str(data).map_err(|e| format!("an event is not JSON ({e}): {}", clip(data)))?;
-    if let Some(err) = value.get("error") {
+    let chunk: RawChunk<'_> =
+        serde_json::from_str(data).map_err(|e| format!("an event is not a completion chunk ({e}): {}", clip(data)))?;
+    if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
         let message = err.get("message").and_then(|m| m.as_str()).map_or_else(|| err.to_string(), str::to_owned);
         return Ok(vec![Chunk::Error(message)]);
     }
     let mut out = Vec::new();
-    if let Some(choice) = value.get("choices").and_then(|c| c.as_array()).and_then(|c| c.first()) {
-        let finish_reason = choice.get("finish_reason").and_then(|f| f.as_str()).map(str::to_owned);
-        // Completions put text in `text`; chat in `delta.content` (or `delta.reasoning_content`).
-        let delta = choice.get("delta");
-        let text = choice
-            .get("text")
-            .and_then(|t| t.as_str())
-            .or_else(|| delta.and_then(|d| d.get("content")).and_then(|t| t.as_str()))
-            .or_else(|| delta.and_then(|d| d.get("reasoning_content")).and_then(|t| t.as_str()))
-            .unwrap_or("");
-        let logprob_tokens = choice.get("logprobs").and_then(|l| {
-            l.get("tokens").or_else(|| l.get("content")).and_then(|t| t.as_array()).map(|a| a.len() as u32)
-        });
+    if let Some(choice) = chunk.choices.into_iter().next() {
+        // Completions put text in `text`; chat in `delta.content` (or `reasoning_content`).
+        let (content, reasoning) = choice.delta.map_or((None, None), |d| (d.content, d.reasoning_content));
+        let text = choice.text.or(content).or(reasoning).unwrap_or_default();
+        let logprob_tokens =
+            choice.logprobs.and_then(|l| l.tokens.or(l.content)).map(|t| u32::try_from(t.len()).unwrap_or(u32::MAX));
+        let finish_reason = choice.finish_reason;
         if text.is_empty() && logprob_tokens.unwrap_or(0) == 0 {
             out.push(Chunk::Empty { finish_reason });
         } else {
-            out.push(Chunk::Text { text: text.to_owned(), tokens: logprob_tokens, finish_reason });
+            out.push(Chunk::Text { text: text.into_owned(), tokens: logprob_tokens, finish_reason });
         }
     }
-    if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
-        if let Some(completion_tokens) = usage.get("completion_tokens").and_then(|n| n.as_u64()) {
-            let prompt_tokens = usage.get("prompt_tokens").and_then(|n| n.as_u64());
-            out.push(Chunk::Usage { prompt_tokens, completion_tokens });
-        }
+    if let Some(completion_tokens) = chunk.usage.as_ref().and_then(|u| u.completion_tokens) {
+        out.push(Chunk::Usage { prompt_tokens: chunk.usage.and_then(|u| u.prompt_tokens), completion_tokens });
     }
-    if let Some(predicted_n) = value.get("timings").and_then(|t| t.get("predicted_n")).and_then(|n| n.as_u64()) {
-        let prompt_n = value.get("timings").and_then(|t| t.get("prompt_n")).and_then(|n| n.as_u64());
-        out.push(Chunk::Timings { prompt_n, predicted_n });
+    if let Some(predicted_n) = chunk.timings.as_ref().and_then(|t| t.predicted_n) {
+        out.push(Chunk::Timings { prompt_n: chunk.timings.and_then(|t| t.prompt_n), predicted_n });
     }
     Ok(out)
 }
