@@ -140,6 +140,11 @@ pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
         }
     }
     for key in swept {
+        // `gpus` has its own column below: the count the job held (a swept 1 is unset in
+        // the spec, so the swept value would read null).
+        if key == "gpus" {
+            continue;
+        }
         let values: Vec<Option<&serde_json::Value>> =
             rows.iter().map(|r| r.swept.iter().find(|(k, _)| *k == key).map(|(_, v)| v)).collect();
         let numeric = values.iter().flatten().all(|v| v.is_number());
@@ -214,10 +219,7 @@ pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
         ),
     ];
     for (name, col) in served {
-        // A swept field of the same name (`gpus`) already has its column.
-        if !cols.iter().any(|(n, _)| *n == name) {
-            cols.push((name, col));
-        }
+        cols.push((name, col));
     }
     write_parquet(path, &cols)
 }
@@ -486,7 +488,7 @@ mod tests {
         row.swept.push(("gpus".to_owned(), serde_json::json!(2)));
         let back = round_trip(&[row]);
         let gpus: Vec<&Field> = back[0].iter().filter(|(n, _)| n == "gpus").map(|(_, f)| f).collect();
-        assert_eq!(gpus, vec![&Field::Double(2.0)], "the swept column (a double), once");
+        assert_eq!(gpus, vec![&Field::Long(2)], "the count the job held, once");
     }
 
     #[test]

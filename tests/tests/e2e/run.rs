@@ -400,3 +400,45 @@ fn artifacts_cannot_escape_the_run_directory() {
     assert!(stderr.contains("is corrupt"), "a wrong checksum is refused: {stderr}");
     assert_only_results_stored(&run_dir(dir.path()).expect("run dir"));
 }
+
+#[test]
+fn a_job_of_two_gpus_holds_both_and_its_program_sees_them() {
+    // No GPU here: `energy: none` measures nothing (null), but the scheduling, the locks and
+    // CUDA_VISIBLE_DEVICES are real. The one-GPU job of the same sweep runs on either GPU.
+    let dir = tempfile::tempdir().expect("tmp");
+    let sweep = "name: gpus\nmodel: label\nengine: command\ndevice: cuda\ncommand: [python3, -c, \"import os; open(os.environ['LLEM_JOB_DIR'] + '/visible.txt', 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))\"]\nmeasurement: {energy: none, baseline: {duration_s: 0}, warmup: {prompts: 0}, thermal_floor: {max_s: 0}}\nsweep:\n  gpus: [1, 2]\nexecution: {cycles: 2}\n";
+    std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
+    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = run_dir(dir.path()).expect("run dir");
+    let mut seen = Vec::new();
+    for job in std::fs::read_dir(run.join("jobs")).expect("jobs").flatten() {
+        let attempt = job.path().join("attempt-1");
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(attempt.join("result.json")).expect("result")).expect("json");
+        let visible = std::fs::read_to_string(attempt.join("visible.txt")).expect("visible.txt");
+        let gpus = result["spec"]["gpus"].as_u64().unwrap_or(1);
+        match gpus {
+            2 => {
+                assert_eq!(visible, "0,1");
+                assert_eq!(result["node"]["device"], "cuda:0,1");
+            }
+            _ => assert!(visible == "0" || visible == "1", "{visible}"),
+        }
+        seen.push(gpus);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 1, 2, 2]);
+    let parquet = Command::new("python3")
+        .arg("-c")
+        .arg("import sys, pyarrow.parquet as pq; print(sorted(pq.read_table(sys.argv[1]).column('gpus').to_pylist()))")
+        .arg(run.join("results.parquet"))
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&parquet.stdout).trim(),
+        "[1, 1, 2, 2]",
+        "{}",
+        String::from_utf8_lossy(&parquet.stderr)
+    );
+}
