@@ -84,21 +84,6 @@ pub fn rows(requests: &[RequestMetrics], per_request_j: &[Option<f64>], t0: f64)
         .collect()
 }
 
-fn optional<T: Clone>(rows: &[Row], f: impl Fn(&Row) -> Option<T>) -> (Vec<T>, Vec<i16>) {
-    let mut values = Vec::new();
-    let levels = rows
-        .iter()
-        .map(|r| match f(r) {
-            Some(v) => {
-                values.push(v);
-                1
-            }
-            None => 0,
-        })
-        .collect();
-    (values, levels)
-}
-
 /// A list column: values, definition levels (0 null list, 1 empty, 2 an element) and
 /// repetition levels (0 starts a row, 1 continues it).
 fn list<T: Clone>(rows: &[Row], f: impl Fn(&Row) -> Option<Vec<T>>) -> (Vec<T>, Vec<i16>, Vec<i16>) {
@@ -149,7 +134,7 @@ pub fn to_parquet(rows: &[Row]) -> parquet::errors::Result<Vec<u8>> {
                     12 => |r| r.error.as_deref().map(text),
                     _ => |r| Some(text(&r.token_count_method)),
                 };
-                let (v, l) = optional(rows, pick);
+                let (v, l) = crate::timeseries::nullable(rows, pick);
                 w.write_batch(&v, (index != 14).then_some(&l[..]), None)?;
             }
             (2..=6 | 13, ColumnWriter::DoubleColumnWriter(w)) => {
@@ -161,12 +146,12 @@ pub fn to_parquet(rows: &[Row]) -> parquet::errors::Result<Vec<u8>> {
                     6 => |r| r.tpot_ms,
                     _ => |r| r.energy_j,
                 };
-                let (v, l) = optional(rows, pick);
+                let (v, l) = crate::timeseries::nullable(rows, pick);
                 w.write_batch(&v, (!matches!(index, 3 | 5)).then_some(&l[..]), None)?;
             }
             (7 | 8, ColumnWriter::Int64ColumnWriter(w)) => {
                 let pick: fn(&Row) -> Option<i64> = if index == 7 { |r| r.input_tokens } else { |r| r.output_tokens };
-                let (v, l) = optional(rows, pick);
+                let (v, l) = crate::timeseries::nullable(rows, pick);
                 w.write_batch(&v, Some(&l), None)?;
             }
             (9, ColumnWriter::DoubleColumnWriter(w)) => {
@@ -178,7 +163,7 @@ pub fn to_parquet(rows: &[Row]) -> parquet::errors::Result<Vec<u8>> {
                 w.write_batch(&v, Some(&d), Some(&r))?;
             }
             (11, ColumnWriter::Int32ColumnWriter(w)) => {
-                let (v, l) = optional(rows, |r| r.status);
+                let (v, l) = crate::timeseries::nullable(rows, |r| r.status);
                 w.write_batch(&v, Some(&l), None)?;
             }
             _ => return Err(parquet::errors::ParquetError::General(format!("unexpected column {index}"))),

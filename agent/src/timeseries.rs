@@ -84,8 +84,8 @@ pub fn downsample(window: &[Sample], devices: &[SensedDevice]) -> Vec<Row> {
     rows
 }
 
-/// Values and definition levels of a nullable column.
-fn column<T: Copy>(rows: &[Row], f: impl Fn(&Row) -> Option<T>) -> (Vec<T>, Vec<i16>) {
+/// Values and definition levels (1 present, 0 null) of a nullable column, for any rows.
+pub(crate) fn nullable<R, T>(rows: &[R], f: impl Fn(&R) -> Option<T>) -> (Vec<T>, Vec<i16>) {
     let mut values = Vec::with_capacity(rows.len());
     let levels = rows
         .iter()
@@ -111,11 +111,11 @@ pub fn to_parquet(rows: &[Row]) -> parquet::errors::Result<Vec<u8>> {
     while let Some(mut col) = group.next_column()? {
         match (index, col.untyped()) {
             (0, ColumnWriter::DoubleColumnWriter(w)) => {
-                let (v, l) = column(rows, |r| Some(r.timestamp_s));
+                let (v, l) = nullable(rows, |r| Some(r.timestamp_s));
                 w.write_batch(&v, Some(&l), None)?;
             }
             (1, ColumnWriter::Int32ColumnWriter(w)) => {
-                let (v, l) = column(rows, |r| Some(r.gpu_index));
+                let (v, l) = nullable(rows, |r| Some(r.gpu_index));
                 w.write_batch(&v, Some(&l), None)?;
             }
             (2..=6, ColumnWriter::FloatColumnWriter(w)) => {
@@ -126,11 +126,11 @@ pub fn to_parquet(rows: &[Row]) -> parquet::errors::Result<Vec<u8>> {
                     5 => |r| r.memory_total_mb,
                     _ => |r| r.sm_utilisation_pct,
                 };
-                let (v, l) = column(rows, pick);
+                let (v, l) = nullable(rows, pick);
                 w.write_batch(&v, Some(&l), None)?;
             }
             (7, ColumnWriter::Int64ColumnWriter(w)) => {
-                let (v, l) = column(rows, |r| r.throttle_reasons);
+                let (v, l) = nullable(rows, |r| r.throttle_reasons);
                 w.write_batch(&v, Some(&l), None)?;
             }
             _ => return Err(parquet::errors::ParquetError::General(format!("unexpected column {index}"))),

@@ -133,11 +133,7 @@ impl Stats {
         }
         let mut sorted: Vec<f64> = values.to_vec();
         sorted.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            let rank = p / 100.0 * (sorted.len() - 1) as f64;
-            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-        };
+        let pct = |p: f64| percentile(&sorted, p);
         Some(Stats {
             mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
             p50: pct(50.0),
@@ -146,6 +142,14 @@ impl Stats {
             n: sorted.len() as u64,
         })
     }
+}
+
+/// The `p`-th percentile of sorted, non-empty values, by linear interpolation between
+/// ranks (the one rule every figure of llem uses).
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -23,11 +23,7 @@ impl Distribution {
         }
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            let rank = p / 100.0 * (sorted.len() - 1) as f64;
-            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-        };
+        let pct = |p: f64| crate::result::percentile(&sorted, p);
         Some(Distribution {
             mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
             p50: pct(50.0),

@@ -42,6 +42,38 @@ pub fn llem(cwd: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("failed to start llem: {e}"))
 }
 
+/// The coordinator in `dir`, with its own agent state and no RAPL (so energy is `null`
+/// and the test does not depend on the host's sensors).
+pub fn llem_in(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("llem"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("LLEM_STATE_DIR", dir.join("agent-state"))
+        .env("LLEM_POWERCAP_ROOT", dir.join("no-powercap"))
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// The run directory `llem run` made under `dir/runs`, if any.
+pub fn first_run_dir(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join("runs")).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
+}
+
+/// A Parquet file's rows as JSON, read back by pyarrow.
+///
+/// # Panics
+/// When pyarrow cannot read it.
+pub fn parquet_rows(path: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sys, json, pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))")
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    assert!(out.status.success(), "pyarrow cannot read {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("pyarrow's rows: {e}"))
+}
+
 /// Compares `actual` with the snapshot file at `path`; with `LLEM_BLESS=1` rewrites it.
 ///
 /// # Panics

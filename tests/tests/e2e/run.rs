@@ -6,24 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llem_tests::binary;
+use llem_tests::{first_run_dir, llem_in};
 
 const SWEEP: &str = "name: crash\nmodel: synthetic\nengine: synthetic\nn_prompts: 2\nmax_output_tokens: 40\nmeasurement: {baseline: {duration_s: 0}, warmup: {prompts: 1}, thermal_floor: {max_s: 0}}\nsweep:\n  synthetic.ms_per_token: [1, 2]\n  batch_size: [1, 2]\nexecution: {cycles: 2, order: interleaved}\n";
 const JOBS: usize = 8;
-
-fn llem(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(binary("llem"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("LLEM_STATE_DIR", dir.join("agent-state"))
-        .env("LLEM_POWERCAP_ROOT", dir.join("no-powercap"))
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-fn run_dir(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir.join("runs")).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
-}
 
 fn journal_lines(run: Option<PathBuf>) -> usize {
     run.and_then(|r| std::fs::read_to_string(r.join("journal.jsonl")).ok()).map_or(0, |t| t.lines().count())
@@ -74,9 +60,9 @@ fn check_complete(run: &Path) {
 fn a_sweep_runs_to_results_and_status() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("sweep.yaml"), SWEEP).expect("sweep");
-    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
+    let out = llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = run_dir(dir.path()).expect("run dir");
+    let run = first_run_dir(dir.path()).expect("run dir");
     check_complete(&run);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("8 of 8 jobs finished") && stdout.contains("not measured"), "{stdout}");
@@ -106,7 +92,7 @@ fn a_sweep_runs_to_results_and_status() {
         serde_json::from_slice(&std::fs::read(run.join("probe").join("local.json")).expect("probe")).expect("json");
     let host = probe["node"]["hostname"].as_str().expect("hostname");
     assert!(index.contains("<h2>Nodes</h2>") && index.contains(host), "the report names the node {host}");
-    let status = llem(dir.path(), &["status", "--json", run.to_str().expect("utf8")]).output().expect("status");
+    let status = llem_in(dir.path(), &["status", "--json", run.to_str().expect("utf8")]).output().expect("status");
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(s["counts"]["finished"], 8);
     // The agents' outbox is empty: every result was acknowledged.
@@ -118,15 +104,16 @@ fn a_sweep_runs_to_results_and_status() {
 fn resume_refuses_a_changed_sweep() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("sweep.yaml"), SWEEP).expect("sweep");
-    assert_eq!(llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
-    let run = run_dir(dir.path()).expect("run dir");
+    assert_eq!(llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
+    let run = first_run_dir(dir.path()).expect("run dir");
     std::fs::write(dir.path().join("sweep.yaml"), SWEEP.replace("cycles: 2", "cycles: 3")).expect("edit");
-    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    let out = llem_in(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-changed-sweep"));
     // Allowed: only the new third cycle runs.
-    let out =
-        llem(dir.path(), &["resume", "--allow-changed-sweep", run.to_str().expect("utf8")]).output().expect("resume");
+    let out = llem_in(dir.path(), &["resume", "--allow-changed-sweep", run.to_str().expect("utf8")])
+        .output()
+        .expect("resume");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("12 of 12 jobs finished"));
     // The changed sweep is the run's now: kept beside the first copy, and named in the journal.
@@ -136,7 +123,7 @@ fn resume_refuses_a_changed_sweep() {
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
     assert_eq!(journal.matches("\"sweep_changed\"").count(), 1, "{journal}");
     // The originals now match the run's sweep: resume goes on without asking.
-    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    let out = llem_in(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -153,10 +140,13 @@ fn killed_at_random_moments_then_resumed_every_result_exactly_once() {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let k = (seed >> 33) as usize % (2 * JOBS + 2);
         let extra_ms = (seed >> 20) % 40;
-        let mut child =
-            llem(dir.path(), &["run", "sweep.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+        let mut child = llem_in(dir.path(), &["run", "sweep.yaml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while journal_lines(run_dir(dir.path())) < k
+        while journal_lines(first_run_dir(dir.path())) < k
             && child.try_wait().expect("wait").is_none()
             && Instant::now() < deadline
         {
@@ -168,9 +158,9 @@ fn killed_at_random_moments_then_resumed_every_result_exactly_once() {
         // SIGKILL: no chance to clean up.
         let _ = child.kill();
         let _ = child.wait();
-        match run_dir(dir.path()) {
+        match first_run_dir(dir.path()) {
             Some(run) if run.join("journal.jsonl").exists() => {
-                let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+                let out = llem_in(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
                 assert_eq!(
                     out.status.code(),
                     Some(0),
@@ -182,8 +172,8 @@ fn killed_at_random_moments_then_resumed_every_result_exactly_once() {
             // Killed before the run directory existed: a fresh run completes.
             _ => {
                 let _ = std::fs::remove_dir_all(dir.path().join("runs"));
-                assert_eq!(llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
-                check_complete(&run_dir(dir.path()).expect("run dir"));
+                assert_eq!(llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
+                check_complete(&first_run_dir(dir.path()).expect("run dir"));
             }
         }
     }
@@ -223,10 +213,10 @@ fn the_report_renders_its_plots_in_chromium() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("sweep.yaml"), SWEEP.replace("n_prompts: 2", "n_prompts: 10")).expect("sweep");
     let rapl = crate::agent::FakeRapl::start(&dir.path().join("powercap"), 30.0, 1e6);
-    let out = llem(dir.path(), &["run", "sweep.yaml"]).env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run");
+    let out = llem_in(dir.path(), &["run", "sweep.yaml"]).env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run");
     drop(rapl);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = run_dir(dir.path()).expect("run dir");
+    let run = first_run_dir(dir.path()).expect("run dir");
     let plots = rendered_plots(&run.join("report").join("index.html"));
     let ids: Vec<&str> = plots.iter().filter_map(|p| p["id"].as_str()).collect();
     assert_eq!(ids, vec!["j-per-token", "tokens-per-s", "energy-latency", "power-timeseries"]);
@@ -239,8 +229,8 @@ fn the_report_renders_its_plots_in_chromium() {
     // Without one, energy plots say "not measured" and draw no bars.
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("sweep.yaml"), SWEEP).expect("sweep");
-    assert_eq!(llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
-    let run = run_dir(dir.path()).expect("run dir");
+    assert_eq!(llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("run").status.code(), Some(0));
+    let run = first_run_dir(dir.path()).expect("run dir");
     let plots = rendered_plots(&run.join("report").join("index.html"));
     let energy = plots.iter().find(|p| p["id"] == "j-per-token").expect("energy plot");
     assert_eq!((energy["marks"].as_u64(), energy["notMeasured"].as_u64()), (Some(0), Some(1)));
@@ -260,10 +250,10 @@ fn ctrl_c_cancels_cleanly_exits_130_and_resumes() {
     );
     std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
     let child =
-        llem(dir.path(), &["run", "sweep.yaml"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run");
+        llem_in(dir.path(), &["run", "sweep.yaml"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run");
     let deadline = Instant::now() + Duration::from_secs(60);
     let dispatched = |d: &Path| {
-        run_dir(d)
+        first_run_dir(d)
             .and_then(|r| std::fs::read_to_string(r.join("journal.jsonl")).ok())
             .is_some_and(|t| t.contains("\"dispatched\""))
     };
@@ -280,7 +270,7 @@ fn ctrl_c_cancels_cleanly_exits_130_and_resumes() {
     assert!(sent.success());
     let out = child.wait_with_output().expect("llem exits");
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = run_dir(dir.path()).expect("run dir");
+    let run = first_run_dir(dir.path()).expect("run dir");
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
     assert!(journal.contains("\"interrupted\"") && journal.contains("\"cancelled\""), "{journal}");
     assert!(!journal.contains("\"finished\""), "no partial result counted");
@@ -290,7 +280,7 @@ fn ctrl_c_cancels_cleanly_exits_130_and_resumes() {
         "the program survived"
     );
     std::fs::write(&flag, "").expect("flag");
-    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    let out = llem_in(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 of 2 jobs finished"));
 }
@@ -304,19 +294,19 @@ fn failed_jobs_are_retried_then_kept_failed_until_retry_failed() {
         flag.display().to_string()
     );
     std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
-    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("run");
+    let out = llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1), "a failed job makes the run fail: {}", String::from_utf8_lossy(&out.stderr));
-    let run = run_dir(dir.path()).expect("run dir");
+    let run = first_run_dir(dir.path()).expect("run dir");
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
     assert_eq!(journal.matches("\"dispatched\"").count(), 2, "one retry, with a new attempt number: {journal}");
     assert!(journal.contains("\"attempt\":2"));
     // Resuming keeps the failure (nothing to run)…
     std::fs::write(&flag, "").expect("flag");
-    let out = llem(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
+    let out = llem_in(dir.path(), &["resume", run.to_str().expect("utf8")]).output().expect("resume");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 of 1 jobs finished"));
     // …until asked to retry it.
-    let out = llem(dir.path(), &["resume", "--retry-failed", run.to_str().expect("utf8")]).output().expect("resume");
+    let out = llem_in(dir.path(), &["resume", "--retry-failed", run.to_str().expect("utf8")]).output().expect("resume");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
     assert!(journal.contains("\"finished\",\"job\"") && journal.contains("\"attempt\":3"), "{journal}");
@@ -389,7 +379,7 @@ fn artifacts_cannot_escape_the_run_directory() {
     let rogue = rogue_agent(dir.path());
     let sweep = SWEEP.replace("cycles: 2", "cycles: 1").replace("batch_size: [1, 2]", "batch_size: [1]");
     std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
-    let out = llem(dir.path(), &["run", "sweep.yaml"])
+    let out = llem_in(dir.path(), &["run", "sweep.yaml"])
         .env("LLEM_AGENT", &rogue)
         .env("RUST_LOG", "error")
         .output()
@@ -398,7 +388,7 @@ fn artifacts_cannot_escape_the_run_directory() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("refused artifact \"../../x\""), "{stderr}");
     assert!(stderr.contains("is corrupt"), "a wrong checksum is refused: {stderr}");
-    assert_only_results_stored(&run_dir(dir.path()).expect("run dir"));
+    assert_only_results_stored(&first_run_dir(dir.path()).expect("run dir"));
 }
 
 #[test]
@@ -408,9 +398,9 @@ fn a_job_of_two_gpus_holds_both_and_its_program_sees_them() {
     let dir = tempfile::tempdir().expect("tmp");
     let sweep = "name: gpus\nmodel: label\nengine: command\ndevice: cuda\ncommand: [python3, -c, \"import os; open(os.environ['LLEM_JOB_DIR'] + '/visible.txt', 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))\"]\nmeasurement: {energy: none, baseline: {duration_s: 0}, warmup: {prompts: 0}, thermal_floor: {max_s: 0}}\nsweep:\n  gpus: [1, 2]\nexecution: {cycles: 2}\n";
     std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
-    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
+    let out = llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = run_dir(dir.path()).expect("run dir");
+    let run = first_run_dir(dir.path()).expect("run dir");
     let mut seen = Vec::new();
     for job in std::fs::read_dir(run.join("jobs")).expect("jobs").flatten() {
         let attempt = job.path().join("attempt-1");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llem_tests::{binary, repo_root};
+use llem_tests::{first_run_dir, llem_in, parquet_rows, repo_root};
 
 fn demo_model() -> PathBuf {
     let path = repo_root().join("models").join("gemma-3-270m-q4_k_m.gguf");
@@ -90,18 +90,6 @@ impl Drop for LlamaServer {
     }
 }
 
-/// requests.parquet as JSON rows, read back by pyarrow.
-fn request_rows(path: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sys, json, pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))")
-        .arg(path)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("rows")
-}
-
 fn attempt_dirs(run: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = walk(run)
         .into_iter()
@@ -125,20 +113,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn run_dir(dir: &Path) -> PathBuf {
-    std::fs::read_dir(dir.join("runs")).expect("runs").flatten().map(|e| e.path()).find(|p| p.is_dir()).expect("a run")
-}
-
-fn llem(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(binary("llem"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("LLEM_STATE_DIR", dir.join("agent-state"))
-        .env("LLEM_POWERCAP_ROOT", dir.join("no-powercap"))
-        .env_remove("RUST_LOG");
-    cmd
-}
-
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
@@ -149,7 +123,7 @@ fn pid_alive(pid: u32) -> bool {
 fn check_attempt(attempt: &Path, server: &LlamaServer, max_tokens: u32, requests: usize) {
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(attempt.join("result.json")).expect("result")).expect("json");
-    let rows = request_rows(&attempt.join("requests.parquet"));
+    let rows = parquet_rows(&attempt.join("requests.parquet"));
     assert_eq!(rows.len(), requests, "a row per measured request");
     let mut total_out = 0;
     for row in &rows {
@@ -198,9 +172,9 @@ fn a_server_the_agent_starts_is_measured_with_exact_token_counts_and_reaped() {
         demo_model().display().to_string()
     );
     std::fs::write(dir.path().join("sweep.yaml"), server_sweep(&server, 5)).expect("sweep");
-    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
+    let out = llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = run_dir(dir.path());
+    let run = first_run_dir(dir.path()).expect("a run");
     let attempts = attempt_dirs(&run);
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     let reference = LlamaServer::start();
@@ -227,7 +201,7 @@ fn a_server_the_agent_starts_is_measured_with_exact_token_counts_and_reaped() {
     let (a, b) = (ttft(&attempts[0]), ttft(&attempts[1]));
     let (one, two) = if a > 0.0 { (a, -b) } else { (b, -a) };
     assert!(two > one, "TTFT at concurrency 2 ({two:.0} ms) should exceed concurrency 1 ({one:.0} ms)");
-    let report = llem(dir.path(), &["report", run.to_str().expect("utf-8")]).output().expect("report");
+    let report = llem_in(dir.path(), &["report", run.to_str().expect("utf-8")]).output().expect("report");
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
     // The server plots: the throughput–latency curve with both TTFT markers, labelled
     // ticks on both axes and a legend; J per token against load reads "not measured".
@@ -247,9 +221,9 @@ fn an_attached_server_is_measured_and_left_running() {
     let server = LlamaServer::start();
     let sweep = server_sweep(&format!("server: {{url: \"http://127.0.0.1:{}\"}}", server.port), 4);
     std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
-    let out = llem(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
+    let out = llem_in(dir.path(), &["run", "sweep.yaml"]).output().expect("llem run");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let attempts = attempt_dirs(&run_dir(dir.path()));
+    let attempts = attempt_dirs(&first_run_dir(dir.path()).expect("a run"));
     assert_eq!(attempts.len(), 2);
     for attempt in &attempts {
         check_attempt(attempt, &server, 12, 4);

@@ -3,11 +3,11 @@
 //! there, exits, never gets ready, dies mid-window, cuts a stream, finds its port taken,
 //! or does not serve the model asked for; and Ctrl-C, which must leave no server behind.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use llem_tests::{binary, repo_root};
+use llem_tests::{binary, parquet_rows, repo_root};
 
 fn fake() -> String {
     repo_root().join("tests").join("fixtures").join("fake_openai.py").display().to_string()
@@ -80,17 +80,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn rows(path: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sys, json, pyarrow.parquet as pq; print(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))")
-        .arg(path)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("rows")
-}
-
 fn result(job: &Job) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(job.out().join("result.json")).expect("result")).expect("json")
 }
@@ -147,7 +136,7 @@ fn a_server_that_answers_503_while_loading_is_waited_for() {
     let itl = r["serving"]["itl_ms"]["n"].as_u64().expect("itl");
     let per_token = r["serving"]["itl_per_token_ms"]["n"].as_u64().expect("per token");
     assert!(per_token > itl, "events carry several tokens: {per_token} per-token gaps vs {itl} gaps");
-    for row in rows(&job.out().join("requests.parquet")) {
+    for row in parquet_rows(&job.out().join("requests.parquet")) {
         let per_event: u64 =
             row["tokens_per_event"].as_array().expect("known").iter().map(|n| n.as_u64().expect("n")).sum();
         assert_eq!(Some(per_event), row["output_tokens"].as_u64(), "{row}");
@@ -163,7 +152,7 @@ fn a_stream_cut_mid_response_is_an_error_and_its_tokens_do_not_count() {
     let r = result(&job);
     assert_eq!(r["serving"]["errors"], 1);
     assert!(r["warnings"].as_array().expect("w").iter().any(|w| w["code"] == "request_errors"));
-    let rows = rows(&job.out().join("requests.parquet"));
+    let rows = parquet_rows(&job.out().join("requests.parquet"));
     let cut: Vec<&serde_json::Value> = rows.iter().filter(|r| !r["error"].is_null()).collect();
     assert_eq!(cut.len(), 1);
     assert!(cut[0]["error"].as_str().expect("e").contains("before `data: [DONE]`"), "{}", cut[0]);
@@ -276,7 +265,7 @@ fn an_open_loop_keeps_its_schedule_and_chat_streams_count_exactly() {
     let lag = &r["serving"]["send_lag_ms"];
     assert_eq!(lag["n"], 20);
     assert!(lag["p50"].as_f64().expect("lag") < 50.0, "{lag}");
-    let rows = rows(&job.out().join("requests.parquet"));
+    let rows = parquet_rows(&job.out().join("requests.parquet"));
     let scheduled: Vec<f64> = rows.iter().map(|r| r["scheduled_s"].as_f64().expect("open loop")).collect();
     assert!(scheduled.windows(2).all(|w| w[0] <= w[1]), "{scheduled:?}");
     assert!(scheduled[19] > 0.1 && scheduled[19] < 3.0, "20 arrivals at 40/s: {scheduled:?}");
