@@ -61,6 +61,10 @@ fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
             let state = state_dir.unwrap_or_else(run::default_state_dir);
             // While it serves, `prune-builds` leaves this binary alone.
             let _in_use = builds::hold_own_binary();
+            // A local agent shares the terminal's process group: Ctrl-C reaches it as well
+            // as the coordinator. The coordinator cancels the job over the protocol and ends
+            // the session; dying here instead would skip stopping the job's server cleanly.
+            let _ = ctrlc::set_handler(|| tracing::info!("interrupt: the coordinator stops the job"));
             serve::serve(&state, Path::new("."))?;
             Ok(0)
         }

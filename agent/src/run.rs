@@ -154,15 +154,17 @@ pub fn run_job_observed(
     let mut engine = workload::for_spec(&engine_spec, clock.as_ref(), base_dir, out, &gpus, cancel)
         .map_err(|e| JobFailure::new(e.kind(), format!("cannot start the engine: {e}")))?;
     let store = FileBaselineStore::new(state_dir);
-    let measured = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx)?;
+    let outcome = sequence::run(spec, clock.as_ref(), &mut meter, engine.as_mut(), &store, &ctx);
     let _ = meter.stop();
-    // A server is stopped here, before the locks are freed; its GPU memory must be back.
+    // A server is stopped here, before the locks are freed, and its GPU memory must be
+    // back before the next job's baseline — whether this job succeeded or not.
     drop(engine);
-    let mut measured = measured;
-    if let Some(warning) = wait_for_memory_release(&mut meter, idle_memory_mb) {
+    let released = wait_for_memory_release(&mut meter, idle_memory_mb);
+    if let Some(warning) = &released {
         tracing::warn!("{}", warning.message);
-        measured.result.warnings.push(warning);
     }
+    let mut measured = outcome?;
+    measured.result.warnings.extend(released);
 
     let mut result = measured.result;
     // The agent's own high-water mark: the model, the KV cache and the sampler.

@@ -116,7 +116,7 @@ pub fn compute(
             message: format!("{errors} of {} requests failed (more than 1 %); the first: {first}", all.len()),
         });
     }
-    if method == TokenCountMethod::Unknown {
+    if method == TokenCountMethod::Unknown && !ok.is_empty() {
         warnings.push(Warning {
             code: "token_count_unknown".to_owned(),
             message: "the server sent no usage chunk and is not known to stream one token per event: token counts and J per token are null; enable its usage reporting (`stream_options.include_usage`)".to_owned(),
@@ -257,8 +257,11 @@ pub fn per_request_energy(all: &[&ServedRequest], w: &Window<'_>) -> Vec<Option<
         *p += if share_sum > 0.0 { idle_j * shares[k] / share_sum } else { idle_j / all.len() as f64 };
     }
     let attributed: f64 = parts.iter().sum();
-    let scale = if attributed > 0.0 { total_j / attributed } else { 0.0 };
-    parts.into_iter().map(|p| Some(p * scale)).collect()
+    if attributed <= 0.0 {
+        // Every sample read 0 W while the counter moved: nothing to weigh by, so equal parts.
+        return vec![Some(total_j / all.len() as f64); all.len()];
+    }
+    parts.into_iter().map(|p| Some(p * total_j / attributed)).collect()
 }
 
 #[cfg(test)]

@@ -162,11 +162,17 @@ where
         };
         crate::serving::compute(&requests, &window, load, engine.server_name())
     });
+    // A server request whose tokens could not be counted exactly leaves the totals short:
+    // then no per-token figure is given rather than one that is too high.
+    let exact =
+        requests.iter().filter(|r| !r.failed()).all(|r| r.served.as_ref().is_none_or(|s| s.output_tokens.is_some()));
+    let per_token = |j: Option<f64>| j.filter(|_| tokens.output > 0 && exact).map(|j| j / tokens.output as f64);
     let energy = Energy {
-        j_per_output_token: energy.total_j.filter(|_| tokens.output > 0).map(|j| j / tokens.output as f64),
-        j_per_output_token_adjusted: energy.adjusted_j.filter(|_| tokens.output > 0).map(|j| j / tokens.output as f64),
+        j_per_output_token: per_token(energy.total_j),
+        j_per_output_token_adjusted: per_token(energy.adjusted_j),
         ..energy
     };
+    let completed = requests.iter().filter(|r| !r.failed()).count();
 
     if duration_s < warnings::MIN_DURATION_S {
         warnings.push(warnings::short_measurement_duration(duration_s));
@@ -219,8 +225,9 @@ where
         duration_s,
         tokens,
         throughput: Throughput {
-            output_tokens_per_s: (duration_s > 0.0).then(|| tokens.output as f64 / duration_s),
-            requests_per_s: (duration_s > 0.0).then(|| requests.len() as f64 / duration_s),
+            output_tokens_per_s: (duration_s > 0.0 && exact).then(|| tokens.output as f64 / duration_s),
+            // Completed requests: a failed one is no throughput.
+            requests_per_s: (duration_s > 0.0).then(|| completed as f64 / duration_s),
         },
         latency: latency(&requests),
         warmup,

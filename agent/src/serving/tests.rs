@@ -127,6 +127,10 @@ fn energy_per_request_follows_tokens_and_sums_to_the_window() {
     assert!(parts[0] > parts[2] && parts[1] > parts[2], "{parts:?}");
     assert!((parts[0] - 51.0).abs() < 1e-6, "half the window, scaled: {parts:?}");
     assert!((parts[2] - 102.0 * 2.5 / 100.0).abs() < 1e-6, "a quarter of the last interval: {parts:?}");
+    // Power read 0 throughout while the counter moved: equal parts, still summing exactly.
+    let zero = flat_power(0.0, 0.0, 1.0, 0.1);
+    let equal = per_request_energy(&all, &window(&zero, 1.0, Some(9.0)));
+    assert_eq!(equal, vec![Some(3.0); 3]);
     // No power reading: no energy, never 0.
     let none = per_request_energy(&all, &window(&[], 1.0, None));
     assert!(none.iter().all(Option::is_none));

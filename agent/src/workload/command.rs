@@ -32,7 +32,7 @@ pub struct CommandEngine {
     job_dir: PathBuf,
     warmed: bool,
     cancel: super::Cancel,
-    /// The job's GPUs (`0,1`), exported as `CUDA_VISIBLE_DEVICES` when not empty.
+    /// The job's GPUs (`0,1`; empty for a CPU job), exported as `CUDA_VISIBLE_DEVICES`.
     gpus: String,
 }
 
@@ -83,9 +83,8 @@ impl CommandEngine {
         // No shell: argv[0] is the program, the rest are its arguments, verbatim.
         // Its stdout goes to our stderr: the agent's stdout belongs to the protocol.
         let mut command = Command::new(&argv[0]);
-        if !self.gpus.is_empty() {
-            command.env("CUDA_VISIBLE_DEVICES", &self.gpus);
-        }
+        // Only the job's GPUs (none for a CPU job), numbered as NVML numbers them.
+        command.env("CUDA_VISIBLE_DEVICES", &self.gpus).env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
         let mut child = command
             .args(&argv[1..])
             .env(REPORT_ENV, &self.report_path)

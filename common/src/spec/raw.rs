@@ -392,7 +392,7 @@ impl Checker {
             self.fail(span, "`command_warmup` is only used with `engine: command`".to_owned(), None);
         }
         let (api, server, load) = self.openai(raw, engine, n_prompts);
-        let gpus = self.gpus(raw, device);
+        let gpus = self.gpus(raw, device, engine);
         let requires = raw.requires.iter().flatten().map(|(k, v)| (k.clone(), v.value.clone())).collect();
         ExperimentSpec {
             api,
@@ -432,9 +432,16 @@ impl Checker {
 
     /// `gpus: N` (several GPUs of one node for one job): `None` when unset or 1, so a
     /// single-GPU job keeps its id.
-    fn gpus(&mut self, raw: &RawExperiment, device: Device) -> Option<u32> {
+    fn gpus(&mut self, raw: &RawExperiment, device: Device, engine: Engine) -> Option<u32> {
         let g = raw.gpus.as_ref()?;
         let n = self.count("gpus", &raw.gpus, 1, 1);
+        if n > 1 && engine == Engine::Candle {
+            self.fail(
+                g.span,
+                format!("the candle engine runs on one GPU; `gpus: {n}` needs an engine that shards the model"),
+                Some("use `engine: openai` with a server that does tensor parallelism (e.g. vLLM's --tensor-parallel-size)"),
+            );
+        }
         if n > 1 && device != Device::Cuda(None) {
             self.fail(
                 g.span,

@@ -255,20 +255,18 @@ impl Server {
         }
         Some(argv)
     }
-
-    /// Whether two jobs may share one running server: same command, options and env.
-    pub fn same_process(&self, other: &Server) -> bool {
-        self.command == other.command && self.options == other.options && self.env == other.env
-    }
 }
 
 /// Checks the openai fields of one experiment (stage two of reading).
 impl Checker {
     pub(super) fn openai(&mut self, raw: &RawExperiment, engine: Engine, n_prompts: u32) -> OpenaiFields {
         if engine != Engine::Openai {
+            // An empty section (`server: {}`) has no span of its own: the engine's stands in.
+            let at =
+                |set: bool, span: Option<crate::yaml::Span>| set.then(|| span.unwrap_or(self.span_of(&raw.engine)));
             let stray = [
-                ("server", raw.server.as_ref().and_then(first_server_span)),
-                ("load", raw.load.as_ref().and_then(first_load_span)),
+                ("server", at(raw.server.is_some(), raw.server.as_ref().and_then(first_server_span))),
+                ("load", at(raw.load.is_some(), raw.load.as_ref().and_then(first_load_span))),
                 ("api", raw.api.as_ref().map(|a| a.span)),
             ];
             for (name, span) in stray {
@@ -360,6 +358,13 @@ impl Checker {
         }
         if let (Some(_), Some(d)) = (&raw.requests, &raw.duration_s) {
             self.fail(d.span, "`load.duration_s` and `load.requests` exclude each other".to_owned(), None);
+        }
+        if let (Some(r), Some(_)) = (raw.request_rate.as_ref().filter(|r| r.value.is_infinite()), &raw.duration_s) {
+            self.fail(
+                r.span,
+                "`load.request_rate: inf` sends every request at once, so `load.duration_s` cannot bound it".to_owned(),
+                Some("give `load.requests` (how many to send at once), or a finite rate"),
+            );
         }
         let request_rate = raw.request_rate.as_ref().map(|r| {
             if r.value.0.is_nan() || r.value.0 <= 0.0 {
@@ -519,7 +524,15 @@ mod tests {
         let errors = validate("model: m\nload: {concurrency: 2}\napi: chat\n").expect_err("not openai");
         assert_eq!(errors, ["`load` is only used with `engine: openai`", "`api` is only used with `engine: openai`"]);
         let errors = validate("model: m\ngpus: 2\n").expect_err("cpu");
-        assert!(errors[0].contains("`gpus: 2` needs `device: cuda`"), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("`gpus: 2` needs `device: cuda`")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("the candle engine runs on one GPU")), "{errors:?}");
+        let errors = validate("model: m\nengine: synthetic\nserver: {}\n").expect_err("empty section");
+        assert_eq!(errors, ["`server` is only used with `engine: openai`"]);
+        let errors = validate(
+            "model: m\nengine: openai\nserver: {url: \"http://h:1\"}\nload: {request_rate: inf, duration_s: 3}\n",
+        )
+        .expect_err("inf with a duration");
+        assert!(errors[0].contains("cannot bound it"), "{errors:?}");
         let errors = validate("model: m\nengine: openai\nserver: {url: \"http://x:1\"}\nload: {request_rate: -1}\n")
             .expect_err("rate");
         assert!(errors[0].contains("must be > 0 or `inf`"), "{errors:?}");
@@ -534,12 +547,12 @@ mod tests {
         assert_eq!(spec.api, Some(Api::Completions));
         assert_eq!(spec.server.as_ref().map(|s| s.ready_timeout_s), Some(defaults::READY_TIMEOUT_S));
         let open = validate(
-            "model: m\nengine: openai\nserver: {url: \"http://h:1/\"}\nload: {request_rate: inf, duration_s: 5}\n",
+            "model: m\nengine: openai\nserver: {url: \"http://h:1/\"}\nload: {request_rate: inf, requests: 5}\n",
         )
         .expect("valid");
         let load = open.load.as_ref().expect("load");
         assert!(load.request_rate.is_some_and(Rate::is_infinite));
-        assert_eq!((load.burstiness, load.requests, load.concurrency), (Some(1.0), None, None));
+        assert_eq!((load.burstiness, load.requests, load.concurrency), (Some(1.0), Some(5), None));
         assert_eq!(open.server.as_ref().and_then(|s| s.url.as_deref()), Some("http://h:1"), "no trailing slash");
         // The id of an openai job is part of the format from now on.
         assert_eq!(crate::spec::job_id(&spec.hash(), 1), "665a4af1622f813a-c1");

@@ -494,3 +494,31 @@ fn a_several_gpu_job_no_node_can_hold_fails() {
     let e = connect_all(&mut s, 0.0);
     assert!(e.contains(&Effect::Unservable { job: 0, why: Unservable::NoLiveNode }), "{e:?}");
 }
+
+#[test]
+fn a_finished_several_gpu_job_whose_session_drops_frees_all_its_gpus() {
+    // Job 0 (two GPUs) runs; an earlier attempt's result arrives, so its slot drains; then
+    // that session drops. Both GPUs are free again: job 1, pinned to GPU 1, runs.
+    let gpu = |g| Slot::new(0, SlotKind::Gpu(g));
+    let job = |need| JobInput { need, nodes: vec![0], cycle: 1, after: vec![], model: None };
+    let mut s = State::new(vec![job(Need::Gpus(2)), job(Need::Gpu(1))], vec![gpu(0), gpu(1)], 0, 0.0, 0.0);
+    assert_eq!(dispatched(&connect_all(&mut s, 0.0)), vec![(0, 1)]);
+    s.mark_done(0, 1);
+    let e = on_event(&mut s, Event::SlotDown { slot: 0, now: 1.0 });
+    assert_eq!(dispatched(&e), vec![(1, 1)], "GPU 1 was left busy with a finished job");
+}
+
+#[test]
+fn a_reservation_covers_gpus_still_in_their_cycle_gap() {
+    // Both GPUs are free but GPU 1 is in a cycle gap for the two-GPU job (cycle 2) and not
+    // for job 2 (cycle 1). The reservation keeps GPU 1 for job 1 anyway.
+    let gpu = |g| Slot::new(0, SlotKind::Gpu(g));
+    let job = |need, cycle| JobInput { need, nodes: vec![0], cycle, after: vec![], model: None };
+    let jobs = vec![job(Need::Gpu(1), 1), job(Need::Gpus(2), 2), job(Need::Gpu(1), 1)];
+    let mut s = State::new(jobs, vec![gpu(0), gpu(1)], 0, 0.0, 10.0);
+    assert_eq!(dispatched(&connect_all(&mut s, 0.0)), vec![(0, 1)]);
+    let e = on_event(&mut s, Event::Succeeded { job: 0, attempt: 1, now: 1.0 });
+    assert!(dispatched(&e).is_empty(), "job 2 must not take GPU 1 from the waiting job 1: {e:?}");
+    let e = on_event(&mut s, Event::Tick { now: 11.0 });
+    assert_eq!(dispatched(&e), vec![(1, 1)]);
+}

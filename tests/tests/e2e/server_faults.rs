@@ -155,7 +155,7 @@ fn a_stream_cut_mid_response_is_an_error_and_its_tokens_do_not_count() {
     let rows = parquet_rows(&job.out().join("requests.parquet"));
     let cut: Vec<&serde_json::Value> = rows.iter().filter(|r| !r["error"].is_null()).collect();
     assert_eq!(cut.len(), 1);
-    assert!(cut[0]["error"].as_str().expect("e").contains("before `data: [DONE]`"), "{}", cut[0]);
+    assert!(cut[0]["error"].as_str().expect("e").contains("in the middle of an event"), "{}", cut[0]);
     assert!(cut[0]["output_tokens"].is_null(), "partial tokens are not a complete count");
     assert_eq!(r["tokens"]["output"], 5 * 8, "only the complete requests' tokens");
 }
@@ -198,31 +198,91 @@ fn a_wrong_model_name_names_the_models_the_server_offers() {
     assert!(err.contains("HTTP 404"), "{err}");
 }
 
-#[test]
-fn ctrl_c_stops_the_job_and_leaves_no_server() {
-    let job = Job::new("ok", "{concurrency: 4, requests: 100000}");
-    let mut child = job.command().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("agent");
-    // Wait until the measured window runs: the server has answered many requests.
+/// Waits until the job's server has answered `posts` requests (its log says so).
+fn wait_for_load(job: &Job, log: &std::path::Path, posts: usize) -> Vec<u32> {
     let start = Instant::now();
-    while job.server_pids().is_empty() || !job.dir.path().join("out").join("server.log").exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the server never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = job.out().join("server.log");
-    while std::fs::read_to_string(&log).unwrap_or_default().matches("POST").count() < 20 {
+    while job.server_pids().is_empty()
+        || std::fs::read_to_string(log).unwrap_or_default().matches("POST").count() < posts
+    {
         assert!(start.elapsed() < Duration::from_secs(60), "no load reached the server");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pids = job.server_pids();
-    nix_kill(child.id(), "INT");
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(130), "interrupted");
+    job.server_pids()
+}
+
+fn assert_gone(pids: &[u32], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while pids.iter().any(|&p| alive(p)) {
-        assert!(Instant::now() < deadline, "the server outlived Ctrl-C: {pids:?}");
+        assert!(Instant::now() < deadline, "{what} outlived Ctrl-C: {pids:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(job.lock_is_free());
+}
+
+#[test]
+fn ctrl_c_stops_the_job_and_leaves_no_server() {
+    // A closed loop and an open one (whose schedule would run for minutes): Ctrl-C ends
+    // both at once.
+    for load in ["{concurrency: 4, requests: 100000}", "{request_rate: 200, requests: 100000}"] {
+        let job = Job::new("ok", load);
+        let mut child = job.command().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("agent");
+        let pids = wait_for_load(&job, &job.out().join("server.log"), 20);
+        let asked = Instant::now();
+        nix_kill(child.id(), "INT");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(130), "{load}: interrupted");
+        assert!(asked.elapsed() < Duration::from_secs(20), "{load}: Ctrl-C took {:?}", asked.elapsed());
+        assert_gone(&pids, "the server");
+        assert!(job.lock_is_free());
+    }
+}
+
+#[test]
+fn ctrl_c_at_the_coordinator_stops_the_remote_job_and_its_server() {
+    // As a terminal does: SIGINT to the whole process group, the local agent included.
+    use std::os::unix::process::CommandExt as _;
+    let job = Job::new("ok", "{concurrency: 4, requests: 100000}");
+    let yaml = std::fs::read_to_string(job.dir.path().join("job.yaml")).expect("job");
+    std::fs::write(job.dir.path().join("sweep.yaml"), format!("name: interrupted\n{yaml}")).expect("sweep");
+    let mut child = llem_tests::llem_in(job.dir.path(), &["run", "sweep.yaml"])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("llem run");
+    let run = loop {
+        if let Some(run) = llem_tests::first_run_dir(job.dir.path()) {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = loop {
+        let found = walk(&run).into_iter().find(|p| p.ends_with("server.log"));
+        let outbox = walk(&job.dir.path().join("agent-state")).into_iter().find(|p| p.ends_with("server.log"));
+        if let Some(log) = found.or(outbox) {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pids = wait_for_load(&job, &log, 20);
+    let group = child.id();
+    let ok = Command::new("kill").args(["-INT", "--", &format!("-{group}")]).status().expect("kill").success();
+    assert!(ok);
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "interrupted");
+    assert_gone(&pids, "the server");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]

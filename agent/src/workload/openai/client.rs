@@ -204,17 +204,19 @@ impl Generator {
             }
         }
         // Watch for a stop while requests run: dropping the tasks closes their streams.
+        // One interval for the whole run: a sleep made anew on every pass would be reset by
+        // each finishing task and, with tasks ending often, never fire.
         let watch_stop = Arc::clone(&stop);
+        let mut watch = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 joined = tasks.join_next() => if joined.is_none() { break },
-                () = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if watch_stop() {
-                        tasks.abort_all();
-                        while tasks.join_next().await.is_some() {}
-                        break;
-                    }
-                }
+                _ = watch.tick() => {}
+            }
+            if watch_stop() {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
             }
         }
         let mut all = std::mem::take(&mut *lock(&outcomes));
@@ -298,14 +300,16 @@ async fn read_stream(
             }
         }
     }
-    if !done {
-        let how = if reader.has_partial() { " in the middle of an event" } else { "" };
-        return Err(format!("the stream ended{how} before `data: [DONE]`: the response is incomplete"));
+    // Complete means: a reason to stop (`stop`, `length`) and no event cut in half. A
+    // stream closed without a reason was cut short (llama-cpp-python's
+    // `interrupt_requests` ends streams that way). `[DONE]` is not required: some servers
+    // (older TGI) end the stream after the last chunk without it.
+    if reader.has_partial() {
+        return Err("the stream ended in the middle of an event: the response is incomplete".to_owned());
     }
-    // A complete choice ends with a reason (`stop`, `length`); a stream closed without
-    // one was cut short by the server (llama-cpp-python's `interrupt_requests` does that).
     if out.finish_reason.is_none() {
-        return Err("the stream ended without a finish_reason: the server cut the response short".to_owned());
+        let what = if done { "with `[DONE]` but" } else { "before `data: [DONE]` and" };
+        return Err(format!("the stream ended {what} without a finish_reason: the response is incomplete"));
     }
     Ok(())
 }

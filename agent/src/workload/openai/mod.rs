@@ -173,7 +173,10 @@ impl<'c> OpenaiEngine<'c> {
         let gpus = self.gpus.clone();
         for attempt in 1..=PORT_ATTEMPTS {
             let port = process::free_port()?;
-            let argv = self.server.argv(port, &self.spec.model, &gpus).unwrap_or_default();
+            let argv = self
+                .server
+                .argv(port, &self.spec.model, &gpus)
+                .ok_or_else(|| EngineError::BadJob("`server.command` is not set".to_owned()))?;
             self.process = Some(ServerProcess::start(&argv, &self.server.env, &gpus, &self.base_dir, &log)?);
             let base = format!("http://127.0.0.1:{port}");
             match self.wait_ready(&base) {
@@ -252,7 +255,9 @@ impl<'c> OpenaiEngine<'c> {
     /// llama-cpp-python streams no usage: its prompt lengths come from its own tokenizer
     /// (`/extras/tokenize/count`, which counts as its `usage.prompt_tokens` does).
     fn count_prompts(&mut self) -> Result<(), EngineError> {
-        if !streams_one_token_per_event(self.owned_by.as_deref()) {
+        // A chat request adds the chat template around the prompt: the raw text's count
+        // would be too low, so chat prompts stay uncounted (null) rather than wrong.
+        if !streams_one_token_per_event(self.owned_by.as_deref()) || self.api == Api::Chat {
             return Ok(());
         }
         let distinct: std::collections::BTreeSet<String> =
@@ -349,7 +354,21 @@ impl Engine for OpenaiEngine<'_> {
     fn warmup_step(&mut self, step: u32) -> Result<Option<f64>, EngineError> {
         self.cancel.check()?;
         let plan = self.plan(step, None);
-        let outcome = self.runtime.block_on(self.generator()?.stream(self.path(), &plan, Instant::now()));
+        let generator = self.generator()?.clone();
+        let (path, cancel) = (self.path(), self.cancel.clone());
+        // A warmup request may take up to `load.timeout_s`: Ctrl-C must not wait for it.
+        let outcome = self.runtime.block_on(async move {
+            let mut watch = tokio::time::interval(Duration::from_millis(50));
+            let request = generator.stream(path, &plan, Instant::now());
+            tokio::pin!(request);
+            loop {
+                tokio::select! {
+                    outcome = &mut request => return Some(outcome),
+                    _ = watch.tick() => if cancel.is_requested() { return None },
+                }
+            }
+        });
+        let Some(outcome) = outcome else { return Err(EngineError::Cancelled) };
         if let Some(error) = &outcome.error {
             if let Some(gone) = self.server_gone() {
                 return Err(gone);
@@ -371,8 +390,8 @@ impl Engine for OpenaiEngine<'_> {
         let load = self.load.clone();
         let (pattern, plans) = match (load.concurrency, load.request_rate) {
             (_, Some(rate)) => {
-                let count =
-                    load.requests.or(load.duration_s.filter(|_| rate.is_infinite()).map(|_| self.spec.n_prompts));
+                // Validation pairs an infinite rate with `requests`, never with only a duration.
+                let count = load.requests;
                 let offsets =
                     schedule::arrivals(rate.0, load.burstiness.unwrap_or(1.0), load.seed, count, load.duration_s);
                 let plans: Vec<Planned> =

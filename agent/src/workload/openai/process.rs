@@ -23,13 +23,15 @@ pub struct ServerProcess {
     child: Child,
     pgid: Pid,
     pub log: PathBuf,
+    /// Where this start's output begins in `log` (earlier starts appended before it).
+    log_start: u64,
     pub program: String,
     stopped: bool,
 }
 
 impl ServerProcess {
     /// Starts `argv` without a shell, in a new process group, output appended to `log`.
-    /// `gpus` (e.g. `0,1`) is exported as `CUDA_VISIBLE_DEVICES` when not empty.
+    /// `gpus` (e.g. `0,1`; empty for a CPU job) is exported as `CUDA_VISIBLE_DEVICES`.
     /// `dir` is its working directory (relative paths in its arguments resolve there).
     pub fn start(
         argv: &[String],
@@ -38,7 +40,10 @@ impl ServerProcess {
         dir: &Path,
         log: &Path,
     ) -> Result<Self, EngineError> {
-        let program = argv.first().cloned().unwrap_or_default();
+        let Some(program) = argv.first().cloned() else {
+            return Err(EngineError::BadJob("`server.command` is empty".to_owned()));
+        };
+        let log_start = std::fs::metadata(log).map_or(0, |m| m.len());
         let out = File::options()
             .create(true)
             .append(true)
@@ -54,9 +59,9 @@ impl ServerProcess {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        if !gpus.is_empty() {
-            command.env("CUDA_VISIBLE_DEVICES", gpus);
-        }
+        // The GPUs it may use are the ones the job holds, numbered as NVML numbers them (and
+        // none for a CPU job, so it cannot run on a GPU another job holds).
+        command.env("CUDA_VISIBLE_DEVICES", gpus).env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
         stop_with_parent(&mut command);
         let child = command.spawn().map_err(|e| {
             let what = format!("cannot start the server `{program}`: {e}");
@@ -68,7 +73,7 @@ impl ServerProcess {
         })?;
         let pgid = Pid::from_raw(child.id() as i32);
         tracing::info!("started the server (pid {}): {}", child.id(), argv.join(" "));
-        Ok(ServerProcess { child, pgid, log: log.to_owned(), program, stopped: false })
+        Ok(ServerProcess { child, pgid, log: log.to_owned(), log_start, program, stopped: false })
     }
 
     /// The exit status, once the server's main process has exited.
@@ -76,9 +81,9 @@ impl ServerProcess {
         self.child.try_wait().ok().flatten()
     }
 
-    /// The last `n` lines of `server.log`.
+    /// The last `n` lines this start wrote to `server.log`.
     pub fn log_tail(&self, n: usize) -> String {
-        tail(&self.log, n)
+        tail_from(&self.log, self.log_start, n)
     }
 
     /// Stops the whole group and reaps the server; safe to call more than once.
@@ -129,9 +134,14 @@ fn stop_with_parent(command: &mut Command) {
 
 /// The last `n` lines of a file (reads at most its last 64 KiB).
 pub fn tail(path: &Path, n: usize) -> String {
+    tail_from(path, 0, n)
+}
+
+/// The last `n` lines of a file after byte `from` (at most its last 64 KiB).
+fn tail_from(path: &Path, from: u64, n: usize) -> String {
     let Ok(mut file) = File::open(path) else { return String::new() };
     let len = file.metadata().map_or(0, |m| m.len());
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024).max(from)));
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
     let text = String::from_utf8_lossy(&bytes);

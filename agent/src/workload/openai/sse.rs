@@ -33,7 +33,7 @@ impl EventReader {
     fn line_done(&mut self, line: &[u8], events: &mut Vec<String>) {
         if line.is_empty() {
             // A blank line ends the event; one without data (only comments) is no event.
-            if let Some(data) = self.data.take() {
+            if let Some(data) = self.data.take().filter(|d| !d.is_empty()) {
                 events.push(data);
             }
             return;
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn events_split_across_reads_and_sharing_one() {
-        let stream = b"data: {\"a\":1}\n\n: keep-alive\n\ndata: two\r\ndata: lines\r\n\r\ndata: [DONE]\n\n";
+        let stream = b"data: {\"a\":1}\n\n: keep-alive\n\ndata:\n\ndata: two\r\ndata: lines\r\n\r\ndata: [DONE]\n\n";
         for split in 0..stream.len() {
             let mut r = EventReader::default();
             let mut events = r.feed(&stream[..split]);
