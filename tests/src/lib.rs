@@ -59,6 +59,20 @@ pub fn first_run_dir(dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(dir.join("runs")).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
 }
 
+/// Every file below `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// A Parquet file's rows as JSON, read back by pyarrow.
 ///
 /// # Panics

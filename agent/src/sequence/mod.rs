@@ -141,6 +141,7 @@ where
     let end = meter.read_now();
     let mut samples = meter.stop();
     let requests = requests.map_err(fail("the measured run"))?;
+    engine.after_window().map_err(fail("the measured run"))?;
     let (t0, t1) = (start.t, end.t);
     let duration_s = t1 - t0;
     samples.retain(|s| s.t >= t0 && s.t <= t1);

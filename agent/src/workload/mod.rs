@@ -128,6 +128,11 @@ pub trait Engine {
     fn measure(&mut self) -> Result<Vec<RequestMetrics>, EngineError>;
     /// Waits until the device has finished all queued work (GPU engines).
     fn sync(&mut self) {}
+    /// Once the measured window is closed: whether what it measured stands (a server engine
+    /// checks that its server did not die during it). Time spent here is outside the window.
+    fn after_window(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// A server engine: the server as it names itself (`/v1/models` `owned_by`).
     fn server_name(&self) -> Option<String> {
         None

@@ -91,26 +91,13 @@ impl Drop for LlamaServer {
 }
 
 fn attempt_dirs(run: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = walk(run)
+    let mut dirs: Vec<PathBuf> = llem_tests::files_under(run)
         .into_iter()
         .filter(|p| p.ends_with("result.json"))
         .filter_map(|p| p.parent().map(Path::to_path_buf))
         .collect();
     dirs.sort();
     dirs
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn pid_alive(pid: u32) -> bool {

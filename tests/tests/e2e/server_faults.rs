@@ -256,8 +256,10 @@ fn ctrl_c_at_the_coordinator_stops_the_remote_job_and_its_server() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = loop {
-        let found = walk(&run).into_iter().find(|p| p.ends_with("server.log"));
-        let outbox = walk(&job.dir.path().join("agent-state")).into_iter().find(|p| p.ends_with("server.log"));
+        let found = llem_tests::files_under(&run).into_iter().find(|p| p.ends_with("server.log"));
+        let outbox = llem_tests::files_under(&job.dir.path().join("agent-state"))
+            .into_iter()
+            .find(|p| p.ends_with("server.log"));
         if let Some(log) = found.or(outbox) {
             break log;
         }
@@ -270,19 +272,6 @@ fn ctrl_c_at_the_coordinator_stops_the_remote_job_and_its_server() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(130), "interrupted");
     assert_gone(&pids, "the server");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -33,6 +33,8 @@ const READY_POLL: Duration = Duration::from_millis(200);
 const PORT_ATTEMPTS: u32 = 3;
 /// Lines of `server.log` quoted in errors.
 const LOG_LINES: usize = 15;
+/// After failed requests, how long a server that is exiting has to be seen gone.
+const SERVER_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Servers known to stream exactly one token per event, by the `owned_by` their
 /// `/v1/models` reports. llama-cpp-python sends no streamed `usage`; its one-token
@@ -61,6 +63,8 @@ pub struct OpenaiEngine<'c> {
     gpus: String,
     /// Prompt lengths by the server's own tokenizer, for servers whose stream gives none.
     prompt_tokens: std::collections::HashMap<String, u64>,
+    /// Some request of the measured window failed (the server may have died).
+    requests_failed: bool,
 }
 
 impl std::fmt::Debug for OpenaiEngine<'_> {
@@ -114,6 +118,7 @@ impl<'c> OpenaiEngine<'c> {
             prompts,
             gpus: gpus.to_owned(),
             prompt_tokens: std::collections::HashMap::new(),
+            requests_failed: false,
         })
     }
 
@@ -326,8 +331,19 @@ impl<'c> OpenaiEngine<'c> {
         }
     }
 
-    fn server_gone(&mut self) -> Option<EngineError> {
-        let status = self.process.as_mut().and_then(ServerProcess::exited)?;
+    /// The server's exit as an error, if it exited. `grace`: how long to wait for an exit
+    /// that is under way (a dying server closes its sockets, failing the requests, a moment
+    /// before the kernel reports it gone).
+    fn server_gone(&mut self, grace: Duration) -> Option<EngineError> {
+        let until = Instant::now() + grace;
+        let status = loop {
+            let process = self.process.as_mut()?;
+            match process.exited() {
+                Some(status) => break status,
+                None if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+                None => return None,
+            }
+        };
         Some(EngineError::Failed(format!(
             "the server exited ({status}) while it was measured; the last lines of server.log:\n{}",
             self.log_tail()
@@ -351,6 +367,11 @@ impl Engine for OpenaiEngine<'_> {
         self.owned_by.clone()
     }
 
+    fn after_window(&mut self) -> Result<(), EngineError> {
+        let grace = if self.requests_failed { SERVER_EXIT_GRACE } else { Duration::ZERO };
+        self.server_gone(grace).map_or(Ok(()), Err)
+    }
+
     fn warmup_step(&mut self, step: u32) -> Result<Option<f64>, EngineError> {
         self.cancel.check()?;
         let plan = self.plan(step, None);
@@ -370,7 +391,7 @@ impl Engine for OpenaiEngine<'_> {
         });
         let Some(outcome) = outcome else { return Err(EngineError::Cancelled) };
         if let Some(error) = &outcome.error {
-            if let Some(gone) = self.server_gone() {
+            if let Some(gone) = self.server_gone(SERVER_EXIT_GRACE) {
                 return Err(gone);
             }
             let client_error = outcome.status.is_some_and(|s| (400..500).contains(&s));
@@ -410,9 +431,12 @@ impl Engine for OpenaiEngine<'_> {
         let (t0, clock0) = (Instant::now(), self.clock.now());
         let outcomes = self.runtime.block_on(self.generator()?.run(self.path(), plans, pattern, t0, stop));
         self.cancel.check()?;
-        if let Some(gone) = self.server_gone() {
+        if let Some(gone) = self.server_gone(Duration::ZERO) {
             return Err(gone);
         }
+        // Whether the server may have died with them is decided after the window closes
+        // (`after_window`), so waiting for its exit does not lengthen the window.
+        self.requests_failed = outcomes.iter().any(|o| o.error.is_some());
         let requests: Vec<RequestMetrics> = outcomes
             .into_iter()
             .map(|o| {
