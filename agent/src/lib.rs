@@ -12,6 +12,7 @@ pub mod baseline;
 pub mod builds;
 pub mod cli;
 pub mod clock;
+pub mod cuda;
 pub mod energy;
 pub mod fsutil;
 pub mod lock;
@@ -32,6 +33,9 @@ use llem_common::cli::exit::{BAD_INPUT as EXIT_BAD_INPUT, RUN_FAILED as EXIT_RUN
 
 /// Entry point of the `llem-agent` binary.
 pub fn main() -> ExitCode {
+    // Before anything else: a CUDA build that found its libraries outside the loader's
+    // path runs itself again with them on it (the loader reads LD_LIBRARY_PATH only at start).
+    cuda::reexec_with_library_path();
     let cli = cli::Cli::parse();
     llem_common::cli::init_logging(cli.verbose, "info", true);
     match dispatch(cli.command) {

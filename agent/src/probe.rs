@@ -60,7 +60,7 @@ pub fn probe() -> ProbeReport {
         Err(e) => sources.push(source("rapl", false, e.to_string())),
     }
     sources.push(source("none", true, "always: energy is reported as null with a warning".to_owned()));
-    ProbeReport { node, energy_sources: sources }
+    ProbeReport { node, energy_sources: sources, cuda: crate::cuda::status() }
 }
 
 fn gpu_line(g: &GpuInfo) -> String {
@@ -98,6 +98,17 @@ pub fn render(report: &ProbeReport) -> String {
     out += "energy sources\n";
     for s in &report.energy_sources {
         out += &format!("  {:<5} {:<11} {}\n", s.name, if s.available { "available" } else { "unavailable" }, s.detail);
+    }
+    let c = &report.cuda;
+    out += &format!("cuda      {}: {}\n", if c.usable { "usable" } else { "not usable" }, c.detail);
+    for l in &c.libraries {
+        let at = match (&l.path, &l.found_in) {
+            (Some(p), Some(from)) => {
+                format!("{p} ({from}{})", l.version.as_ref().map_or(String::new(), |v| format!(", {v}")))
+            }
+            _ => "not found".to_owned(),
+        };
+        out += &format!("  {:<18} {:<18} {at}\n", l.name, l.purpose);
     }
     out
 }

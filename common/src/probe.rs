@@ -21,6 +21,36 @@ pub struct SourceStatus {
 pub struct ProbeReport {
     pub node: NodeSnapshot,
     pub energy_sources: Vec<SourceStatus>,
+    /// Whether candle can run on this node's GPUs (absent in reports of older agents).
+    #[serde(default)]
+    pub cuda: CudaStatus,
+}
+
+/// One CUDA user-space library the agent needs for GPU jobs, and where it was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaLibrary {
+    /// The file name the agent loads (`libcublas.so.13`).
+    pub name: String,
+    /// What it is (`cuBLAS`).
+    pub purpose: String,
+    pub path: Option<String>,
+    /// From the file the name resolves to (`13.1.0.3`), when it says.
+    pub version: Option<String>,
+    /// Where it was found: `LD_LIBRARY_PATH`, `ldconfig`, `CUDA toolkit`, `Python nvidia packages`.
+    pub found_in: Option<String>,
+}
+
+/// Whether a `cuda` job can run with this agent on this node, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaStatus {
+    /// Whether this agent was built with CUDA (`scripts/build-agent`).
+    pub built_with_cuda: bool,
+    pub libraries: Vec<CudaLibrary>,
+    pub usable: bool,
+    /// A sentence: what works, or what is missing and how to fix it.
+    pub detail: String,
 }
 
 impl ProbeReport {

@@ -89,6 +89,13 @@ impl Dispatcher<'_> {
         let gpus = report.node.gpus.len();
         let sources = report.available_sources().join(", ");
         tracing::info!("node {name}: {} ({gpus} GPUs; energy: {sources})", report.node.hostname);
+        // GPUs the agent cannot drive: said before any job runs there, not by each job's failure.
+        if gpus > 0 && !report.cuda.usable && self.state.gpu_jobs_read_models(node) {
+            self.progress.line(&format!(
+                "node {name} has {gpus} GPUs, but its agent cannot run candle on them: {}",
+                report.cuda.detail
+            ));
+        }
         Ok(Some(Event::Probed { node, now }))
     }
 

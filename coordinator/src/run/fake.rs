@@ -212,7 +212,11 @@ impl FakeAgent {
                         return "the agent crashed";
                     }
                     let source = SourceStatus { name: "none".into(), available: true, detail: "fake".into() };
-                    let report = ProbeReport { node: Default::default(), energy_sources: vec![source] };
+                    let report = ProbeReport {
+                        node: Default::default(),
+                        energy_sources: vec![source],
+                        cuda: Default::default(),
+                    };
                     self.say(FromAgent::Probed { report: Box::new(report) });
                 }
                 ToAgent::Prepare { model } => {

@@ -317,7 +317,11 @@ fn nothing_starts_while_another_agent_is_still_sending_its_outbox() {
     };
     let agent = |slot, message| Incoming::Agent { slot, message };
     let probed = || FromAgent::Probed {
-        report: Box::new(llem_common::probe::ProbeReport { node: Default::default(), energy_sources: vec![] }),
+        report: Box::new(llem_common::probe::ProbeReport {
+            node: Default::default(),
+            energy_sources: vec![],
+            cuda: Default::default(),
+        }),
     };
     // Node b is up, probed, and has nothing to re-send …
     feed(&mut d, Incoming::Opened { slot: 1, generation: 1, outcome: Ok(Box::new(b.clone())) });
@@ -383,7 +387,8 @@ fn open_and_probe(d: &mut super::dispatcher::Dispatcher<'_>, slot: usize, genera
     let now = d.now();
     d.awaiting_outbox.entry(slot).or_insert(now);
     feed(d, Incoming::Opened { slot, generation, outcome: Ok(Box::new(session.clone())) });
-    let report = llem_common::probe::ProbeReport { node: Default::default(), energy_sources: vec![] };
+    let report =
+        llem_common::probe::ProbeReport { node: Default::default(), energy_sources: vec![], cuda: Default::default() };
     feed(d, Incoming::Agent { slot, message: FromAgent::Probed { report: Box::new(report) } });
 }
 

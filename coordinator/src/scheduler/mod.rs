@@ -343,6 +343,15 @@ impl State {
         self.lost_nodes.contains(&node)
     }
 
+    /// Whether a pending or running job that reads model files (candle) wants a GPU of
+    /// this node: those are the jobs an agent without CUDA cannot run.
+    pub fn gpu_jobs_read_models(&self, node: u16) -> bool {
+        self.jobs
+            .iter()
+            .zip(&self.states)
+            .any(|(j, s)| j.model.is_some() && j.need != Need::Cpu && j.nodes.contains(&node) && !s.is_terminal())
+    }
+
     /// Whether the run is being cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled

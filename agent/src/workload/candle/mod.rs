@@ -127,12 +127,19 @@ pub fn rss_mb(field: &str) -> Option<f64> {
 fn device_for(spec: &ExperimentSpec) -> Result<Device, EngineError> {
     match spec.device {
         spec::Device::Cpu => Ok(Device::Cpu),
-        spec::Device::Cuda(i) => Device::new_cuda(i.unwrap_or(0) as usize).map_err(|e| {
-            EngineError::BadJob(format!(
-                "cannot use {}: {e} (GPU runs need llem-agent built with `--features cuda`)",
-                spec.device
-            ))
-        }),
+        spec::Device::Cuda(i) => {
+            // Without the CUDA libraries candle would panic inside cudarc: ask first.
+            let cuda = crate::cuda::status();
+            if !cuda.usable {
+                return Err(EngineError::BadJob(format!("cannot run on the GPU: {}", cuda.detail)));
+            }
+            Device::new_cuda(i.unwrap_or(0) as usize).map_err(|e| {
+                EngineError::BadJob(format!(
+                    "cannot use {}: {e} (GPU runs need llem-agent built with `--features cuda`)",
+                    spec.device
+                ))
+            })
+        }
     }
 }
 
