@@ -351,3 +351,18 @@ pub fn keygen(path: &Path) {
         .expect("ssh-keygen");
     assert!(status.success(), "ssh-keygen failed for {}", path.display());
 }
+
+/// Tests that keep both cores busy for long (real model servers) share the CPU with each
+/// other, never with a test whose ground truth needs a thread on time (the fake RAPL
+/// counter's writer: a 100 ms stall reads as a 10 % error in a second of power).
+static CPU: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that loads the CPU heavily for long.
+pub fn heavy_cpu() -> std::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Held by a test that needs a thread of its own to run on time.
+pub fn quiet_cpu() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -137,13 +137,19 @@ pub fn connector_for(node: &NodeSpec, options: &ConnectOptions) -> Arc<dyn Conne
     }
 }
 
-/// The agent binary: `$LLEM_AGENT`, else `llem-agent` next to this executable.
+/// The agent binary: `$LLEM_AGENT`; else, next to this executable, `llem-agent-cuda` (the
+/// one binary for CPU and GPU nodes that `scripts/build-agent` puts there) when it exists,
+/// and `llem-agent` otherwise.
 pub fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("LLEM_AGENT") {
         return PathBuf::from(p);
     }
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("llem-agent")))
-        .unwrap_or_else(|| PathBuf::from("llem-agent"))
+    let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) else {
+        return PathBuf::from("llem-agent");
+    };
+    let cuda = dir.join("llem-agent-cuda");
+    if cuda.is_file() {
+        return cuda;
+    }
+    dir.join("llem-agent")
 }

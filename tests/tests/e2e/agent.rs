@@ -57,10 +57,13 @@ pub(crate) struct FakeRapl {
     pub(crate) root: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// No model server runs while the counter must be written on time.
+    _quiet: std::sync::RwLockWriteGuard<'static, ()>,
 }
 
 impl FakeRapl {
     pub(crate) fn start(root: &Path, watts: f64, range_j: f64) -> FakeRapl {
+        let quiet = llem_tests::quiet_cpu();
         let zone = root.join("intel-rapl:0");
         std::fs::create_dir_all(zone.join("intel-rapl:0:0")).expect("zone");
         std::fs::write(zone.join("name"), "package-0\n").expect("name");
@@ -95,7 +98,7 @@ impl FakeRapl {
                 std::thread::sleep(Duration::from_millis(2));
             }
         });
-        FakeRapl { root: root.to_owned(), stop, thread: Some(thread) }
+        FakeRapl { root: root.to_owned(), stop, thread: Some(thread), _quiet: quiet }
     }
 }
 

@@ -153,6 +153,7 @@ fn server_sweep(server: &str, requests: u32) -> String {
 
 #[test]
 fn a_server_the_agent_starts_is_measured_with_exact_token_counts_and_reaped() {
+    let _heavy = llem_tests::heavy_cpu();
     let dir = tempfile::tempdir().expect("tmp");
     let server = format!(
         "server:\n  command: [python3, -m, llama_cpp.server, --model, {:?}, --model_alias, \"{{model}}\", --host, 127.0.0.1, --port, \"{{port}}\"]\n  options: {{interrupt_requests: \"False\", n_ctx: 2048, n_threads: 2}}\n  ready_timeout_s: 120",
@@ -204,6 +205,7 @@ fn a_server_the_agent_starts_is_measured_with_exact_token_counts_and_reaped() {
 
 #[test]
 fn an_attached_server_is_measured_and_left_running() {
+    let _heavy = llem_tests::heavy_cpu();
     let dir = tempfile::tempdir().expect("tmp");
     let server = LlamaServer::start();
     let sweep = server_sweep(&format!("server: {{url: \"http://127.0.0.1:{}\"}}", server.port), 4);
