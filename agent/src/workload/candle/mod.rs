@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::DType;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -124,6 +124,30 @@ pub fn rss_mb(field: &str) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kib| kib / 1024.0)
 }
 
+/// The GGUF block types candle 0.9 has CUDA kernels for (dequantise and matmul).
+pub const CUDA_GGUF_TYPES: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// Tensors whose block type has no CUDA kernel in candle.
+fn cuda_unsupported<'n>(tensors: impl Iterator<Item = (&'n str, GgmlDType)>) -> Vec<(&'n str, GgmlDType)> {
+    let mut out: Vec<(&str, GgmlDType)> = tensors.filter(|(_, t)| !CUDA_GGUF_TYPES.contains(t)).collect();
+    out.sort_by_key(|(name, _)| *name);
+    out
+}
+
 fn device_for(spec: &ExperimentSpec) -> Result<Device, EngineError> {
     match spec.device {
         spec::Device::Cpu => Ok(Device::Cpu),
@@ -187,6 +211,17 @@ impl<'c> CandleEngine<'c> {
                 "GGUF architecture `{arch}` is not supported; supported: {}",
                 SUPPORTED_GGUF.join(", ")
             )));
+        }
+        if self.device.is_cuda() {
+            let unsupported = cuda_unsupported(ct.tensor_infos.iter().map(|(name, t)| (name.as_str(), t.ggml_dtype)));
+            if let Some((name, dtype)) = unsupported.first() {
+                // Never a silent fall back to the CPU: that would measure another device.
+                return Err(EngineError::BadJob(format!(
+                    "candle has no CUDA kernels for the {dtype:?} blocks of tensor `{name}` (and {} more tensors); on CUDA it runs {}",
+                    unsupported.len() - 1,
+                    CUDA_GGUF_TYPES.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+                )));
+            }
         }
         if self.spec.precision != Precision::Auto {
             // A GGUF's weights are what they are; casting them would measure another model.
@@ -526,5 +561,14 @@ mod tests {
         // The same words outside a CUDA error (a message, a model name) decide nothing.
         let text = candle_core::Error::Msg("tensor `out of memory` CUDA_ERROR_OUT_OF_MEMORY".to_owned());
         assert!(matches!(classify("load the model", &text), EngineError::Failed(_)));
+    }
+
+    #[test]
+    fn gguf_block_types_without_cuda_kernels_are_named() {
+        // The demo model (Q4_K_M: Q4K, Q6K and F32 tensors) runs on CUDA; IQ and Q8K do not.
+        let tensors = [("a.weight", GgmlDType::Q4K), ("b.weight", GgmlDType::Q6K), ("n", GgmlDType::F32)];
+        assert!(cuda_unsupported(tensors.into_iter()).is_empty());
+        let tensors = [("z", GgmlDType::Q8K), ("a", GgmlDType::Q4K), ("m", GgmlDType::Q8_1)];
+        assert_eq!(cuda_unsupported(tensors.into_iter()), [("m", GgmlDType::Q8_1), ("z", GgmlDType::Q8K)]);
     }
 }
