@@ -228,9 +228,6 @@ impl RawLoad {
     }
 }
 
-/// The placeholders `server.command` may hold.
-pub const PLACEHOLDERS: &[&str] = &["{port}", "{model}", "{gpus}", "{gpu_count}"];
-
 impl Server {
     /// The program and arguments to start: `command` with the placeholders filled, then
     /// `options` as flags. Each placeholder is replaced inside an argument, never split

@@ -224,11 +224,12 @@ fn ctrl_c_stops_the_job_and_leaves_no_server() {
     // both at once.
     for load in ["{concurrency: 4, requests: 100000}", "{request_rate: 200, requests: 100000}"] {
         let job = Job::new("ok", load);
-        let mut child = job.command().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("agent");
+        let mut child =
+            Reaped::new(job.command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("agent"), false);
         let pids = wait_for_load(&job, &job.out().join("server.log"), 20);
         let asked = Instant::now();
-        nix_kill(child.id(), "INT");
-        let status = child.wait().expect("wait");
+        nix_kill(child.0.id(), "INT");
+        let status = child.0.wait().expect("wait");
         assert_eq!(status.code(), Some(130), "{load}: interrupted");
         assert!(asked.elapsed() < Duration::from_secs(20), "{load}: Ctrl-C took {:?}", asked.elapsed());
         assert_gone(&pids, "the server");
@@ -243,19 +244,25 @@ fn ctrl_c_at_the_coordinator_stops_the_remote_job_and_its_server() {
     let job = Job::new("ok", "{concurrency: 4, requests: 100000}");
     let yaml = std::fs::read_to_string(job.dir.path().join("job.yaml")).expect("job");
     std::fs::write(job.dir.path().join("sweep.yaml"), format!("name: interrupted\n{yaml}")).expect("sweep");
-    let mut child = llem_tests::llem_in(job.dir.path(), &["run", "sweep.yaml"])
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("llem run");
+    let mut child = Reaped::new(
+        llem_tests::llem_in(job.dir.path(), &["run", "sweep.yaml"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llem run"),
+        true,
+    );
+    let start = Instant::now();
     let run = loop {
         if let Some(run) = llem_tests::first_run_dir(job.dir.path()) {
             break run;
         }
+        assert!(start.elapsed() < Duration::from_secs(60), "llem made no run directory");
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = loop {
+        assert!(start.elapsed() < Duration::from_secs(60), "no server.log appeared");
         let found = llem_tests::files_under(&run).into_iter().find(|p| p.ends_with("server.log"));
         let outbox = llem_tests::files_under(&job.dir.path().join("agent-state"))
             .into_iter()
@@ -266,10 +273,10 @@ fn ctrl_c_at_the_coordinator_stops_the_remote_job_and_its_server() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let pids = wait_for_load(&job, &log, 20);
-    let group = child.id();
+    let group = child.0.id();
     let ok = Command::new("kill").args(["-INT", "--", &format!("-{group}")]).status().expect("kill").success();
     assert!(ok);
-    let status = child.wait().expect("wait");
+    let status = child.0.wait().expect("wait");
     assert_eq!(status.code(), Some(130), "interrupted");
     assert_gone(&pids, "the server");
 }
@@ -278,19 +285,42 @@ fn ctrl_c_at_the_coordinator_stops_the_remote_job_and_its_server() {
 fn sigkill_of_the_agent_still_stops_its_server() {
     // The agent gets no chance to clean up; the kernel's parent-death signal stops it.
     let job = Job::new("ok", "{concurrency: 2, requests: 100000}");
-    let mut child = job.command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("agent");
+    let mut child =
+        Reaped::new(job.command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("agent"), false);
     let start = Instant::now();
     while job.server_pids().is_empty() {
         assert!(start.elapsed() < Duration::from_secs(30), "the server never started");
         std::thread::sleep(Duration::from_millis(50));
     }
     let pids = job.server_pids();
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
+    child.0.kill().expect("SIGKILL");
+    let _ = child.0.wait();
     let deadline = Instant::now() + Duration::from_secs(20);
     while pids.iter().any(|&p| alive(p)) {
         assert!(Instant::now() < deadline, "the server outlived its agent: {pids:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child that is killed (with its process group, for one started in its own) when a
+/// failed assertion ends the test first: a long-running job and its server never outlive it.
+struct Reaped(std::process::Child, bool);
+
+impl Reaped {
+    fn new(child: std::process::Child, own_group: bool) -> Reaped {
+        Reaped(child, own_group)
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            if self.1 {
+                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

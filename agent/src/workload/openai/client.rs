@@ -42,7 +42,6 @@ pub struct Outcome {
     pub events: Vec<(f64, Option<u32>)>,
     pub usage: Option<(Option<u64>, u64)>,
     pub timings: Option<(Option<u64>, u64)>,
-    pub text: String,
     pub finish_reason: Option<String>,
     pub status: Option<u16>,
     /// Why the request failed; `None` when it completed.
@@ -278,9 +277,8 @@ async fn read_stream(
         for event in reader.feed(&data) {
             for chunk in interpret(&event)? {
                 match chunk {
-                    Chunk::Text { text, tokens, finish_reason } => {
+                    Chunk::Text { tokens, finish_reason, .. } => {
                         out.events.push((at, tokens));
-                        out.text.push_str(&text);
                         if finish_reason.is_some() {
                             out.finish_reason = finish_reason;
                         }

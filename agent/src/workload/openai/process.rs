@@ -132,11 +132,6 @@ fn stop_with_parent(command: &mut Command) {
     }
 }
 
-/// The last `n` lines of a file (reads at most its last 64 KiB).
-pub fn tail(path: &Path, n: usize) -> String {
-    tail_from(path, 0, n)
-}
-
 /// The last `n` lines of a file after byte `from` (at most its last 64 KiB).
 fn tail_from(path: &Path, from: u64, n: usize) -> String {
     let Ok(mut file) = File::open(path) else { return String::new() };
@@ -178,14 +173,14 @@ mod tests {
         let mut server = ServerProcess::start(&argv, &BTreeMap::new(), "", dir.path(), &log).expect("starts");
         let pgid = server.pgid;
         let start = Instant::now();
-        while !tail(&log, 5).contains("ready") {
+        while !tail_from(&log, 0, 5).contains("ready") {
             assert!(start.elapsed() < Duration::from_secs(10), "the script never wrote");
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(killpg(pgid, None).is_ok(), "the group is alive");
         server.stop();
         assert!(killpg(pgid, None).is_err(), "a process of the group survived");
-        assert!(tail(&log, 5).contains("child"));
+        assert!(tail_from(&log, 0, 5).contains("child"));
     }
 
     #[test]
