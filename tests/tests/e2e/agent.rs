@@ -63,6 +63,12 @@ pub(crate) struct FakeRapl {
 
 impl FakeRapl {
     pub(crate) fn start(root: &Path, watts: f64, range_j: f64) -> FakeRapl {
+        Self::start_at(root, watts, range_j, range_j * 0.9)
+    }
+
+    /// Starts the counter at `start_j`, so it first wraps after `(range_j - start_j) / watts`
+    /// seconds.
+    pub(crate) fn start_at(root: &Path, watts: f64, range_j: f64, start_j: f64) -> FakeRapl {
         let quiet = llem_tests::quiet_cpu();
         let zone = root.join("intel-rapl:0");
         std::fs::create_dir_all(zone.join("intel-rapl:0:0")).expect("zone");
@@ -76,7 +82,7 @@ impl FakeRapl {
             std::fs::write(&tmp, format!("{uj}\n")).expect("write counter");
             std::fs::rename(&tmp, zone.join("energy_uj")).expect("rename counter");
         };
-        let start_uj = range_uj - range_uj / 10; // starts close to the wrap
+        let start_uj = (start_j * 1e6) as u64;
         write(&zone, start_uj);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -119,10 +125,13 @@ fn rapl_energy_matches_the_known_wattage_through_wraps() {
     let job = Job::new(&format!(
         "{SYNTHETIC}n_prompts: 20\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 2}}, warmup: {{prompts: 1}}, thermal_floor: {{max_s: 0}}}}\n"
     ));
-    // Wraps every 2.5 s: in the 4 s window, and near the start. (Faster wraps made the
-    // test measure the machine: a reader or writer stalled longer than one wrap period
-    // behind the parallel tests cannot tell one wrap from two.)
-    let rapl = FakeRapl::start(&job.path("powercap"), watts, 100.0);
+    // Wraps 4 s after the counter starts (in the window when the machine is idle, in the
+    // baseline when it is busy: either way the sum goes through a wrap), then every 30 s.
+    // The period must be far longer than any stall of the reader: an agent descheduled
+    // for longer than one period cannot tell one wrap from two (a 2.5 s period read
+    // 60 % low in a loaded CI run), and real RAPL counters wrap every tens of minutes.
+    let range_j = 30.0 * watts;
+    let rapl = FakeRapl::start_at(&job.path("powercap"), watts, range_j, range_j - 4.0 * watts);
     let out = job.command("out").env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run agent");
     drop(rapl);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
