@@ -150,7 +150,7 @@ pub fn run_job_observed(
         on_phase: observers.phase,
     };
     // GPU memory in use before anything of the job's loaded (NVML; `None` without it).
-    let idle_memory_mb = used_memory_mb(&meter.read_now());
+    let idle_memory_mb = sequence::gpu_memory_mb(&meter.read_now());
     let mut engine = workload::for_spec(&engine_spec, clock.as_ref(), base_dir, out, &gpus, cancel)
         .map_err(|e| JobFailure::new(e.kind(), format!("cannot start the engine: {e}")))?;
     let store = FileBaselineStore::new(state_dir);
@@ -167,8 +167,10 @@ pub fn run_job_observed(
     measured.result.warnings.extend(released);
 
     let mut result = measured.result;
-    // The agent's own high-water mark: the model, the KV cache and the sampler.
-    result.load.peak_memory_mb = workload::candle::rss_mb("VmHWM:");
+    if result.load.memory_of != Some(llem_common::result::MemoryOf::Gpu) {
+        // The agent's own high-water mark: the model, the KV cache and the sampler.
+        result.load.peak_memory_mb = workload::candle::rss_mb("VmHWM:");
+    }
     let rows = timeseries::downsample(&measured.window, &measured.devices);
     result.sampling.timeseries_rows = rows.len() as u64;
     let parquet = timeseries::to_parquet(&rows).map_err(io_step("encode timeseries.parquet"))?;
@@ -181,11 +183,6 @@ pub fn run_job_observed(
     let json = serde_json::to_vec_pretty(&result).map_err(io_step("encode result.json"))?;
     fsutil::write_atomic(&out.join("result.json"), &json).map_err(io_step("write result.json"))?;
     Ok(result)
-}
-
-/// Memory in use on the job's devices (NVML), or `None` where nothing reports it.
-fn used_memory_mb(sample: &crate::sampler::Sample) -> Option<f64> {
-    sample.readings.iter().map(|r| r.memory_used_mb).sum()
 }
 
 /// How long a stopped engine's GPU memory may take to be freed, and how much above the
@@ -203,7 +200,7 @@ fn wait_for_memory_release<M: crate::sampler::Meter + ?Sized>(
     let idle = idle_mb?;
     let start = std::time::Instant::now();
     loop {
-        let now = used_memory_mb(&meter.read_now())?;
+        let now = sequence::gpu_memory_mb(&meter.read_now())?;
         if now <= idle + MEMORY_RELEASE_SLACK_MB {
             return None;
         }

@@ -183,9 +183,25 @@ pub struct ThermalInfo {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct LoadInfo {
     pub time_s: f64,
-    /// Resident memory of the agent after loading (host) / device memory used (GPU).
+    /// What loading the model took: GPU memory (NVML, used after load minus before, on the
+    /// job's GPUs) or the agent's resident memory; `memory_of` says which.
     pub memory_mb: Option<f64>,
+    /// GPU: the most in use during the measured window, minus before the load. Host: the
+    /// agent's resident high-water mark.
     pub peak_memory_mb: Option<f64>,
+    /// Absent in results written before it existed (they measured host memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_of: Option<MemoryOf>,
+}
+
+/// Whose memory `load.memory_mb` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryOf {
+    /// The job's GPUs, read by NVML (a server's model counts, wherever its process runs).
+    Gpu,
+    /// The agent process's resident memory (CPU jobs, or no NVML).
+    Host,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

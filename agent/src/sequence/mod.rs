@@ -5,8 +5,8 @@
 //! is taken around it by the caller (`run`).
 
 use llem_common::result::{
-    BaselineInfo, Energy, Flops, GpuInfo, JobResult, Latency, LoadInfo, NodeSnapshot, SamplingInfo, Stats, ThermalInfo,
-    Throughput, Tokens, WarmupInfo, Warning, SCHEMA_VERSION,
+    BaselineInfo, Energy, Flops, GpuInfo, JobResult, Latency, LoadInfo, MemoryOf, NodeSnapshot, SamplingInfo, Stats,
+    ThermalInfo, Throughput, Tokens, WarmupInfo, Warning, SCHEMA_VERSION,
 };
 use llem_common::spec::ExperimentSpec;
 
@@ -118,9 +118,20 @@ where
 
     // 2. Load.
     ctx.on_phase.tell(Phase::Loading);
+    let gpu_before = gpu_memory_mb(&meter.read_now());
     let t = clock.now();
     let loaded = engine.load().map_err(fail("loading the model"))?;
-    let load = LoadInfo { time_s: clock.now() - t, memory_mb: loaded.memory_mb, peak_memory_mb: None };
+    let time_s = clock.now() - t;
+    let mut load = match (gpu_before, gpu_memory_mb(&meter.read_now())) {
+        (Some(before), Some(after)) => LoadInfo {
+            time_s,
+            memory_mb: Some((after - before).max(0.0)),
+            peak_memory_mb: None,
+            memory_of: Some(MemoryOf::Gpu),
+        },
+        // The run fills in the host peak (the process's high-water mark) at the end.
+        _ => LoadInfo { time_s, memory_mb: loaded.memory_mb, peak_memory_mb: None, memory_of: Some(MemoryOf::Host) },
+    };
 
     // 3. Warmup: its tokens never count.
     ctx.on_phase.tell(Phase::Warmup);
@@ -145,6 +156,10 @@ where
     let (t0, t1) = (start.t, end.t);
     let duration_s = t1 - t0;
     samples.retain(|s| s.t >= t0 && s.t <= t1);
+    if let (Some(MemoryOf::Gpu), Some(before)) = (load.memory_of, gpu_before) {
+        let peak = samples.iter().chain([&start, &end]).filter_map(gpu_memory_mb).fold(f64::NAN, f64::max);
+        load.peak_memory_mb = (!peak.is_nan()).then(|| (peak - before).max(0.0));
+    }
 
     let mut warnings: Vec<Warning> = Vec::new();
     let energy = energy_of(meter.kind(), &samples, &start, &end, duration_s, baseline.power_w, &mut warnings, ctx);
@@ -401,3 +416,8 @@ fn latency(requests: &[RequestMetrics]) -> Latency {
 
 #[cfg(test)]
 mod tests;
+
+/// GPU memory in use on the job's devices (NVML), or `None` where nothing reports it.
+pub(crate) fn gpu_memory_mb(sample: &Sample) -> Option<f64> {
+    sample.readings.iter().map(|r| r.memory_used_mb).sum()
+}

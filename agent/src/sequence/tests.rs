@@ -19,6 +19,7 @@ struct FakeMeter {
     energy: Curve,
     temperature: Curve,
     throttle: Box<dyn Fn(f64) -> Option<u64>>,
+    memory: Curve,
     recording: Option<(f64, f64)>,
 }
 
@@ -31,6 +32,7 @@ impl FakeMeter {
             energy: Box::new(move |t| Some(watts * t)),
             temperature: Box::new(|_| Some(50.0)),
             throttle: Box::new(|_| Some(0)),
+            memory: Box::new(|_| None),
             recording: None,
         }
     }
@@ -41,6 +43,7 @@ impl FakeMeter {
             energy_j: (self.energy)(t),
             temperature_c: (self.temperature)(t),
             throttle_reasons: (self.throttle)(t),
+            memory_used_mb: (self.memory)(t),
             ..DeviceReading::default()
         };
         Sample { t, readings: vec![reading] }
@@ -166,6 +169,37 @@ fn constant_power_gives_exact_energy_and_no_warnings() {
     assert_eq!(m.result.load.time_s, 2.0);
     assert!(codes(&m).is_empty(), "{:?}", m.result.warnings);
     assert_eq!(m.result.started_at, "2027-01-15T08:00:00.000Z");
+}
+
+#[test]
+fn gpu_memory_is_what_loading_added_and_its_window_peak() {
+    let mut s = setup(QUIET);
+    let mut meter = FakeMeter::constant(Rc::clone(&s.clock), 150.0);
+    let t0 = s.clock.now();
+    // Another process holds 1000 MB; the 5 s baseline, a 2 s load to 5000 MB, then the
+    // KV cache grows to 7000 MB from t0 + 15 s (inside the 20 s window).
+    meter.memory = Box::new(move |t| {
+        Some(if t < t0 + 6.0 {
+            1000.0
+        } else if t < t0 + 15.0 {
+            5000.0
+        } else {
+            7000.0
+        })
+    });
+    let m = run(&s.spec, s.clock.as_ref(), &mut meter, &mut s.engine, &s.store, &s.ctx).expect("runs");
+    let load = &m.result.load;
+    assert_eq!(load.memory_of, Some(MemoryOf::Gpu));
+    assert_eq!(load.memory_mb, Some(4000.0));
+    assert_eq!(load.peak_memory_mb, Some(6000.0));
+
+    // Without NVML's memory field it is the engine's own (host) figure.
+    let mut s = setup(QUIET);
+    let mut meter = FakeMeter::constant(Rc::clone(&s.clock), 150.0);
+    let m = run(&s.spec, s.clock.as_ref(), &mut meter, &mut s.engine, &s.store, &s.ctx).expect("runs");
+    assert_eq!(m.result.load.memory_of, Some(MemoryOf::Host));
+    assert_eq!(m.result.load.memory_mb, Some(100.0));
+    assert_eq!(m.result.load.peak_memory_mb, None, "the run fills in the host peak");
 }
 
 #[test]
