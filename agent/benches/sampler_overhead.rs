@@ -8,42 +8,11 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::sync::Arc;
-
-use llem_agent::clock::{Clock, SystemClock};
-use llem_agent::sampler::{Meter, ThreadedMeter};
+use llem_agent::sampler_cost::{measure, render};
 use llem_agent::sensor::{rapl::RaplSensor, NoSensor, Sensor};
 
-/// CPU nanoseconds of the thread named `llem-sampler`.
-fn sampler_cpu_ns() -> Option<u64> {
-    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "llem-sampler" {
-            let stat = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
-            return stat.split_whitespace().next()?.parse().ok();
-        }
-    }
-    None
-}
-
 fn case(name: &str, sensor: Box<dyn Sensor>, hz: f64, seconds: f64) {
-    let clock = Arc::new(SystemClock::default());
-    let mut meter = ThreadedMeter::new(sensor, Arc::clone(&clock));
-    let t0 = clock.now();
-    meter.start(hz);
-    clock.sleep(seconds);
-    let cpu_ns = sampler_cpu_ns();
-    let wall = clock.now() - t0;
-    let samples = meter.stop().len();
-    match cpu_ns {
-        Some(ns) => println!(
-            "  {name:<6} {hz:>5} Hz  {samples:>5} samples in {wall:.1} s  sampler CPU {:.2} ms = {:.4} % of one core ({:.1} µs/sample)",
-            ns as f64 / 1e6,
-            ns as f64 / 1e9 / wall * 100.0,
-            ns as f64 / 1e3 / samples.max(1) as f64
-        ),
-        None => println!("  {name:<6} {hz:>5} Hz  CPU time unavailable (no /proc/self/task/*/schedstat)"),
-    }
+    print!("{}", render(&measure(name, sensor, hz, seconds)));
 }
 
 fn main() {

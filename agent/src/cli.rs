@@ -30,6 +30,10 @@ pub enum Command {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+        /// Also measure what sampling costs: run the sampler at 10 Hz on each available
+        /// sensor for SECONDS and report its thread's CPU time per sample.
+        #[arg(long, value_name = "SECONDS")]
+        sampler_cost: Option<f64>,
     },
 
     /// Serve a coordinator over stdin/stdout (how `llem run` drives agents).

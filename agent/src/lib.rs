@@ -21,6 +21,7 @@ pub mod probe;
 pub mod requests;
 pub mod run;
 pub mod sampler;
+pub mod sampler_cost;
 pub mod sensor;
 pub mod sequence;
 pub mod serve;
@@ -50,8 +51,11 @@ pub fn main() -> ExitCode {
 fn dispatch(command: cli::Command) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout().lock();
     match command {
-        cli::Command::Probe { json } => {
-            let report = probe::probe();
+        cli::Command::Probe { json, sampler_cost } => {
+            let mut report = probe::probe();
+            if let Some(seconds) = sampler_cost {
+                report.sampler_cost = probe::sampler_costs(&report, 10.0, seconds);
+            }
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &report)?;
                 writeln!(stdout)?;

@@ -60,7 +60,7 @@ pub fn probe() -> ProbeReport {
         Err(e) => sources.push(source("rapl", false, e.to_string())),
     }
     sources.push(source("none", true, "always: energy is reported as null with a warning".to_owned()));
-    ProbeReport { node, energy_sources: sources, cuda: crate::cuda::status() }
+    ProbeReport { node, energy_sources: sources, cuda: crate::cuda::status(), sampler_cost: Vec::new() }
 }
 
 fn gpu_line(g: &GpuInfo) -> String {
@@ -109,6 +109,28 @@ pub fn render(report: &ProbeReport) -> String {
             _ => "not found".to_owned(),
         };
         out += &format!("  {:<18} {:<18} {at}\n", l.name, l.purpose);
+    }
+    if !report.sampler_cost.is_empty() {
+        out += "sampler cost (the sampler thread's own CPU time)\n";
+        for c in &report.sampler_cost {
+            out += &crate::sampler_cost::render(c);
+        }
+    }
+    out
+}
+
+/// `probe --sampler-cost`: samples every available sensor (all GPUs through NVML, the
+/// CPU packages through RAPL) at `hz` for `seconds` each.
+pub fn sampler_costs(report: &ProbeReport, hz: f64, seconds: f64) -> Vec<llem_common::probe::SamplerCost> {
+    let mut out = Vec::new();
+    let gpus: Vec<u32> = report.node.gpus.iter().map(|g| g.index).collect();
+    if !gpus.is_empty() {
+        if let Ok(s) = NvmlSensor::open(&gpus) {
+            out.push(crate::sampler_cost::measure("nvml", Box::new(s), hz, seconds));
+        }
+    }
+    if let Ok(s) = rapl::RaplSensor::open(&rapl::powercap_root()) {
+        out.push(crate::sampler_cost::measure("rapl", Box::new(s), hz, seconds));
     }
     out
 }

@@ -24,6 +24,26 @@ pub struct ProbeReport {
     /// Whether candle can run on this node's GPUs (absent in reports of older agents).
     #[serde(default)]
     pub cuda: CudaStatus,
+    /// `probe --sampler-cost`: what sampling each available sensor costs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sampler_cost: Vec<SamplerCost>,
+}
+
+/// The sampler thread's own CPU time while sampling one sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerCost {
+    /// `nvml`, `rapl` or `none`.
+    pub sensor: String,
+    pub hz: f64,
+    /// How long it sampled.
+    pub seconds: f64,
+    pub samples: u64,
+    /// `None` where the kernel does not account threads (no schedstat).
+    pub cpu_ms: Option<f64>,
+    pub per_sample_us: Option<f64>,
+    /// CPU time as a share of one core over the wall time.
+    pub core_share_pct: Option<f64>,
 }
 
 /// One CUDA user-space library the agent needs for GPU jobs, and where it was found.

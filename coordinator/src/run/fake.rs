@@ -216,6 +216,7 @@ impl FakeAgent {
                         node: Default::default(),
                         energy_sources: vec![source],
                         cuda: Default::default(),
+                        sampler_cost: Vec::new(),
                     };
                     self.say(FromAgent::Probed { report: Box::new(report) });
                 }

@@ -321,6 +321,7 @@ fn nothing_starts_while_another_agent_is_still_sending_its_outbox() {
             node: Default::default(),
             energy_sources: vec![],
             cuda: Default::default(),
+            sampler_cost: Vec::new(),
         }),
     };
     // Node b is up, probed, and has nothing to re-send …
@@ -387,8 +388,12 @@ fn open_and_probe(d: &mut super::dispatcher::Dispatcher<'_>, slot: usize, genera
     let now = d.now();
     d.awaiting_outbox.entry(slot).or_insert(now);
     feed(d, Incoming::Opened { slot, generation, outcome: Ok(Box::new(session.clone())) });
-    let report =
-        llem_common::probe::ProbeReport { node: Default::default(), energy_sources: vec![], cuda: Default::default() };
+    let report = llem_common::probe::ProbeReport {
+        node: Default::default(),
+        energy_sources: vec![],
+        cuda: Default::default(),
+        sampler_cost: Vec::new(),
+    };
     feed(d, Incoming::Agent { slot, message: FromAgent::Probed { report: Box::new(report) } });
 }
 
