@@ -400,6 +400,39 @@ fn gpu_check_stops_at_the_first_gpu_step_on_a_machine_without_one() {
 }
 
 #[test]
+fn gpu_check_rehearses_every_step_on_the_cpu() {
+    // The device check gets one short try on a GPU machine: its plumbing (models written
+    // here, every job, the server, the sweep, the table) is proven on the CPU first.
+    let out = tempfile::tempdir().expect("tmp");
+    let bin_dir = binary("llem").parent().expect("target dir").to_owned();
+    let run = Command::new(llem_tests::repo_root().join("scripts").join("gpu-check"))
+        .arg("--rehearse")
+        .arg(out.path())
+        .env("LLEM_BIN_DIR", &bin_dir)
+        .env("LLEM_AGENT", binary("llem-agent"))
+        .env("LLEM_POWERCAP_ROOT", out.path().join("no-powercap"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("scripts/gpu-check --rehearse");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let summary = std::fs::read_to_string(out.path().join("summary.tsv")).expect("summary.tsv");
+    let rows: Vec<Vec<&str>> = summary.lines().map(|l| l.split('\t').collect()).collect();
+    let steps: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(
+        steps,
+        ["probe", "sampler", "F2", "candle tokens", "candle b1", "candle b8", "candle bf16", "server", "sweep"]
+    );
+    for r in &rows {
+        let expected = if r[0] == "F2" { "skipped" } else { "ok" };
+        assert_eq!(r[1], expected, "{r:?}");
+    }
+    assert!(summary.contains("3 of 3 prompts give the same greedy tokens"), "{summary}");
+    assert!(summary.contains("2 of 2 jobs finished"), "{summary}");
+    assert!(stdout.contains("gpu-check · rehearsal on the CPU"), "the table is printed:\n{stdout}");
+}
+
+#[test]
 fn the_cuda_agent_starts_without_cuda_and_runs_cpu_jobs() {
     // scripts/test builds the CUDA agent (scripts/build-agent) and names it here. This
     // machine has no CUDA at all: the binary must start, say why GPU jobs cannot run, and
