@@ -1,5 +1,7 @@
 //! Helpers for llem's end-to-end tests: find the real binaries, run them, compare output.
 
+pub mod tiny_models;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -20,6 +22,9 @@ pub fn tests_dir() -> PathBuf {
 /// (`cargo build --workspace --bins`), since cargo only builds a package's binaries for
 /// that package's own tests.
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(agent) = agent_override().filter(|_| name == "llem-agent") {
+        return agent;
+    }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
@@ -32,9 +37,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `LLEM_TEST_AGENT`: the agent every test runs instead of the one built beside the tests
+/// (scripts/test runs the suite a second time with the CUDA agent, so the one binary that
+/// is deployed to every node passes the CPU tests too).
+fn agent_override() -> Option<PathBuf> {
+    std::env::var_os("LLEM_TEST_AGENT").map(PathBuf::from)
+}
+
+/// The coordinator, using the agent under test.
+pub fn coordinator() -> Command {
+    let mut cmd = Command::new(binary("llem"));
+    if let Some(agent) = agent_override() {
+        cmd.env("LLEM_AGENT", agent);
+    }
+    cmd
+}
+
 /// Runs the coordinator with `args` in `cwd`.
 pub fn llem(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(binary("llem"))
+    coordinator()
         .args(args)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
@@ -45,7 +66,7 @@ pub fn llem(cwd: &Path, args: &[&str]) -> Output {
 /// The coordinator in `dir`, with its own agent state and no RAPL (so energy is `null`
 /// and the test does not depend on the host's sensors).
 pub fn llem_in(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(binary("llem"));
+    let mut cmd = coordinator();
     cmd.args(args)
         .current_dir(dir)
         .env("LLEM_STATE_DIR", dir.join("agent-state"))

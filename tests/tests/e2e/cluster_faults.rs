@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use llem_tests::{binary, Netns, Sshd};
+use llem_tests::{Netns, Sshd};
 
 use crate::cluster::{journal, nodes_yaml, setup, JOBS};
 
@@ -21,7 +21,7 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(dir: &Path, args: &[&str]) -> Coordinator {
-        let mut child = Command::new(binary("llem"))
+        let mut child = llem_tests::coordinator()
             .args(args)
             .current_dir(dir)
             .env_remove("RUST_LOG")
@@ -213,7 +213,7 @@ fn a_result_finished_while_the_coordinator_died_is_collected_on_resume() {
     let before = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
     assert!(!before.contains("\"finished\""), "nothing was journaled before the kill: {before}");
 
-    let out = Command::new(binary("llem"))
+    let out = llem_tests::coordinator()
         .args(["resume", run.to_str().expect("utf8")])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
@@ -268,7 +268,7 @@ fn ctrl_c_stops_the_remote_job_and_frees_the_node() {
     // The device lock is free: the rest runs.
     std::fs::write(&flag, "").expect("flag");
     let run = run_dir(dir.path());
-    let out = Command::new(binary("llem"))
+    let out = llem_tests::coordinator()
         .args(["resume", run.to_str().expect("utf8")])
         .current_dir(dir.path())
         .output()

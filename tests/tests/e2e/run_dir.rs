@@ -5,10 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use llem_tests::binary;
-
 fn llem(cwd: &Path, state: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(binary("llem"))
+    llem_tests::coordinator()
         .args(args)
         .current_dir(cwd)
         .env("LLEM_STATE_DIR", state.join("agent-state"))
