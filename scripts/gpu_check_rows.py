@@ -70,8 +70,8 @@ def server(path, requests_parquet):
         import pyarrow.parquet as pq
         parts = [x["energy_j"] for x in pq.read_table(requests_parquet).to_pylist() if x["energy_j"] is not None]
         summed = f"per request sums to {sum(parts):.2f} J" if parts else "no per-request energy"
-    except ImportError:
-        summed = "pyarrow missing: per-request energy not summed"
+    except Exception as e:  # no pyarrow, or one too old to read the file: say so, do not fail
+        summed = f"per-request energy not summed ({type(e).__name__}: {e})"
     ok = s["errors"] == 0 and s["requests"] > 0
     return ("ok" if ok else "FAIL"), (
         f"{s['requests']} requests ({s['errors']} failed), {r['tokens']['output']} tokens by {s['token_count_method']} · "

@@ -151,6 +151,9 @@ def main():
     p.add_argument("--model", default="random-llama", help="the name it serves (requests must use it)")
     args = p.parse_args()
     model = TorchModel(args) if args.backend == "torch" else NumpyModel(args)
+    # A burst of concurrent connections must not overflow the default backlog of 5 (a SYN
+    # retry would add a second to some requests' TTFT).
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"random-weights-server: listening on {args.port}", file=sys.stderr, flush=True)
