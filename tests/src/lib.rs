@@ -1,5 +1,6 @@
 //! Helpers for llem's end-to-end tests: find the real binaries, run them, compare output.
 
+pub mod slurm;
 pub mod tiny_models;
 
 use std::path::{Path, PathBuf};
@@ -41,7 +42,9 @@ pub fn binary(name: &str) -> PathBuf {
 /// (scripts/test runs the suite a second time with the CUDA agent, so the one binary that
 /// is deployed to every node passes the CPU tests too).
 fn agent_override() -> Option<PathBuf> {
-    std::env::var_os("LLEM_TEST_AGENT").map(PathBuf::from)
+    // Absolute: tests run the agent from their own temp dirs.
+    let path = PathBuf::from(std::env::var_os("LLEM_TEST_AGENT").filter(|v| !v.is_empty())?);
+    Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
 
 /// The coordinator, using the agent under test.

@@ -122,10 +122,14 @@ where
     let t = clock.now();
     let loaded = engine.load().map_err(fail("loading the model"))?;
     let time_s = clock.now() - t;
-    let mut load = match (gpu_before, gpu_memory_mb(&meter.read_now())) {
+    // GPU memory only for a GPU job (a CPU job measured with `energy: nvml` reads GPU 0).
+    // A server it attached to was loaded before: the load added nothing to count.
+    let gpu_job = spec.device != llem_common::spec::Device::Cpu;
+    let attached = spec.server.as_ref().is_some_and(|s| s.url.is_some());
+    let mut load = match (gpu_before.filter(|_| gpu_job), gpu_memory_mb(&meter.read_now())) {
         (Some(before), Some(after)) => LoadInfo {
             time_s,
-            memory_mb: Some((after - before).max(0.0)),
+            memory_mb: (!attached).then(|| (after - before).max(0.0)),
             peak_memory_mb: None,
             memory_of: Some(MemoryOf::Gpu),
         },

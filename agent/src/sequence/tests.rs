@@ -173,28 +173,38 @@ fn constant_power_gives_exact_energy_and_no_warnings() {
 
 #[test]
 fn gpu_memory_is_what_loading_added_and_its_window_peak() {
-    let mut s = setup(QUIET);
-    let mut meter = FakeMeter::constant(Rc::clone(&s.clock), 150.0);
-    let t0 = s.clock.now();
     // Another process holds 1000 MB; the 5 s baseline, a 2 s load to 5000 MB, then the
     // KV cache grows to 7000 MB from t0 + 15 s (inside the 20 s window).
-    meter.memory = Box::new(move |t| {
-        Some(if t < t0 + 6.0 {
-            1000.0
-        } else if t < t0 + 15.0 {
-            5000.0
-        } else {
-            7000.0
+    let memory = |t0: f64| -> Curve {
+        Box::new(move |t| {
+            Some(if t < t0 + 6.0 {
+                1000.0
+            } else if t < t0 + 15.0 {
+                5000.0
+            } else {
+                7000.0
+            })
         })
-    });
+    };
+    let gpu = format!("device: cuda:0\n{QUIET}");
+    let mut s = setup(&gpu);
+    let mut meter = FakeMeter::constant(Rc::clone(&s.clock), 150.0);
+    meter.memory = memory(s.clock.now());
     let m = run(&s.spec, s.clock.as_ref(), &mut meter, &mut s.engine, &s.store, &s.ctx).expect("runs");
     let load = &m.result.load;
     assert_eq!(load.memory_of, Some(MemoryOf::Gpu));
     assert_eq!(load.memory_mb, Some(4000.0));
     assert_eq!(load.peak_memory_mb, Some(6000.0));
 
-    // Without NVML's memory field it is the engine's own (host) figure.
+    // A CPU job measured through NVML still reports its own (host) memory.
     let mut s = setup(QUIET);
+    let mut meter = FakeMeter::constant(Rc::clone(&s.clock), 150.0);
+    meter.memory = memory(s.clock.now());
+    let m = run(&s.spec, s.clock.as_ref(), &mut meter, &mut s.engine, &s.store, &s.ctx).expect("runs");
+    assert_eq!(m.result.load.memory_of, Some(MemoryOf::Host));
+
+    // Without NVML's memory field it is the engine's own (host) figure.
+    let mut s = setup(&gpu);
     let mut meter = FakeMeter::constant(Rc::clone(&s.clock), 150.0);
     let m = run(&s.spec, s.clock.as_ref(), &mut meter, &mut s.engine, &s.store, &s.ctx).expect("runs");
     assert_eq!(m.result.load.memory_of, Some(MemoryOf::Host));
