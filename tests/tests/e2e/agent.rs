@@ -57,19 +57,29 @@ pub(crate) struct FakeRapl {
     pub(crate) root: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
     /// No model server runs while the counter must be written on time.
     _quiet: std::sync::RwLockWriteGuard<'static, ()>,
 }
 
 impl FakeRapl {
-    pub(crate) fn start(root: &Path, watts: f64, range_j: f64) -> FakeRapl {
-        Self::start_at(root, watts, range_j, range_j * 0.9)
+    pub(crate) fn start(watts: f64, range_j: f64) -> FakeRapl {
+        Self::start_at(watts, range_j, range_j * 0.9)
     }
 
     /// Starts the counter at `start_j`, so it first wraps after `(range_j - start_j) / watts`
     /// seconds.
-    pub(crate) fn start_at(root: &Path, watts: f64, range_j: f64, start_j: f64) -> FakeRapl {
+    pub(crate) fn start_at(watts: f64, range_j: f64, start_j: f64) -> FakeRapl {
         let quiet = llem_tests::quiet_cpu();
+        // In memory (tmpfs), as the kernel's sysfs is: on disk, a counter update (a write
+        // and a rename) could wait for the filesystem's journal behind the parallel tests'
+        // I/O, and a writer late by 200 ms read as a second 20 % low.
+        let dir = tempfile::Builder::new()
+            .prefix("llem-powercap-")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("powercap dir");
+        let root = dir.path();
         let zone = root.join("intel-rapl:0");
         std::fs::create_dir_all(zone.join("intel-rapl:0:0")).expect("zone");
         std::fs::write(zone.join("name"), "package-0\n").expect("name");
@@ -104,7 +114,7 @@ impl FakeRapl {
                 std::thread::sleep(Duration::from_millis(2));
             }
         });
-        FakeRapl { root: root.to_owned(), stop, thread: Some(thread), _quiet: quiet }
+        FakeRapl { root: root.to_owned(), stop, thread: Some(thread), _dir: dir, _quiet: quiet }
     }
 }
 
@@ -131,7 +141,7 @@ fn rapl_energy_matches_the_known_wattage_through_wraps() {
     // for longer than one period cannot tell one wrap from two (a 2.5 s period read
     // 60 % low in a loaded CI run), and real RAPL counters wrap every tens of minutes.
     let range_j = 30.0 * watts;
-    let rapl = FakeRapl::start_at(&job.path("powercap"), watts, range_j, range_j - 4.0 * watts);
+    let rapl = FakeRapl::start_at(watts, range_j, range_j - 4.0 * watts);
     let out = job.command("out").env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run agent");
     drop(rapl);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -223,7 +233,7 @@ fn timeseries_parquet_has_the_exact_schema() {
     let job = Job::new(&format!(
         "{SYNTHETIC}n_prompts: 10\nmax_output_tokens: 120\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\n"
     ));
-    let rapl = FakeRapl::start(&job.path("powercap"), watts, 1e6);
+    let rapl = FakeRapl::start(watts, 1e6);
     let out = job.command("out").env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run agent");
     drop(rapl);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -340,7 +350,7 @@ fn a_served_job_reports_live_power_about_once_a_second() {
     use llem_common::protocol::{read_frame, write_frame, AttemptId, FromAgent, Hello, ToAgent};
     let watts = 35.0;
     let job = Job::new("");
-    let rapl = FakeRapl::start(&job.path("powercap"), watts, 1e6);
+    let rapl = FakeRapl::start(watts, 1e6);
     let mut agent = Command::new(binary("llem-agent"))
         .args(["serve", "--stdio", "--state-dir"])
         .arg(job.path("state"))

@@ -212,7 +212,7 @@ fn the_report_renders_its_plots_in_chromium() {
     // With a (fake) energy sensor every plot has marks.
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("sweep.yaml"), SWEEP.replace("n_prompts: 2", "n_prompts: 10")).expect("sweep");
-    let rapl = crate::agent::FakeRapl::start(&dir.path().join("powercap"), 30.0, 1e6);
+    let rapl = crate::agent::FakeRapl::start(30.0, 1e6);
     let out = llem_in(dir.path(), &["run", "sweep.yaml"]).env("LLEM_POWERCAP_ROOT", &rapl.root).output().expect("run");
     drop(rapl);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
