@@ -29,6 +29,13 @@ pub fn default_state_dir() -> PathBuf {
 /// The GPUs a job holds: those the coordinator gave it, else what `device` and `gpus`
 /// say (`cuda` is GPU 0, `gpus: 4` GPUs 0 to 3, when run directly).
 pub fn job_gpus(spec: &ExperimentSpec, given: &[u32]) -> Vec<u32> {
+    if spec.device != Device::Cpu {
+        if let Some(step) = slurm_step_gpus() {
+            // A Slurm step measures the GPUs Slurm gave it: the coordinator's numbers count
+            // slots of the allocation, not GPUs of this node.
+            return step;
+        }
+    }
     if !given.is_empty() {
         let mut gpus = given.to_vec();
         gpus.sort_unstable();
@@ -40,6 +47,15 @@ pub fn job_gpus(spec: &ExperimentSpec, given: &[u32]) -> Vec<u32> {
         Device::Cuda(Some(i)) => vec![i],
         Device::Cuda(None) => (0..spec.gpu_count().max(1)).collect(),
     }
+}
+
+/// The GPUs of this agent's Slurm step (`SLURM_STEP_GPUS`, node indices), when the
+/// coordinator started it as one (`LLEM_SLURM_STEP`).
+fn slurm_step_gpus() -> Option<Vec<u32>> {
+    std::env::var_os("LLEM_SLURM_STEP")?;
+    let list = std::env::var("SLURM_STEP_GPUS").ok()?;
+    let gpus: Vec<u32> = list.split(',').filter_map(|g| g.trim().parse().ok()).collect();
+    (!gpus.is_empty()).then_some(gpus)
 }
 
 /// Why a job produced no result: the kind, decided where it happened, and a sentence.

@@ -28,6 +28,7 @@ fn probe(connector: &dyn Connector, node: &NodeSpec) -> anyhow::Result<ProbeRepo
         std::env::temp_dir().join(format!("llem-nodes-{}-{}.log", std::process::id(), node.name.replace('/', "-")));
     let request = OpenRequest {
         slot: 0,
+        gpu: None,
         generation: 1,
         hello: Hello::new("coordinator").for_run("llem-nodes-check"),
         log: log.clone(),

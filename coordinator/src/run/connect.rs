@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use llem_common::protocol::{FromAgent, Hello, ToAgent};
 
-use super::{local, ssh};
+use super::{local, slurm, ssh};
 use crate::sweep::{NodeSpec, Transport};
 
 /// What threads tell the dispatcher's loop.
@@ -74,6 +74,9 @@ impl ConnectError {
 #[derive(Debug, Clone)]
 pub struct OpenRequest {
     pub slot: usize,
+    /// The GPU the slot is for (`None`: the node's CPU slot). A Slurm step asks for one GPU
+    /// or none accordingly.
+    pub gpu: Option<u32>,
     pub generation: u64,
     /// Our hello (it names the run, whose outbox the agent re-sends).
     pub hello: Hello,
@@ -117,6 +120,8 @@ pub struct ConnectOptions {
     pub working_dir: PathBuf,
     /// Where SSH keeps its master connections (one socket per node).
     pub control_dir: PathBuf,
+    /// The run's Slurm allocation, shared by the connectors of its nodes.
+    pub slurm: Arc<slurm::Allocation>,
 }
 
 impl ConnectOptions {
@@ -125,6 +130,7 @@ impl ConnectOptions {
             accept_new_host_keys,
             working_dir: working_dir.to_owned(),
             control_dir: std::env::temp_dir().join(format!("llem-ssh-{}", std::process::id())),
+            slurm: Arc::new(slurm::Allocation::new(working_dir)),
         }
     }
 }
@@ -134,6 +140,7 @@ pub fn connector_for(node: &NodeSpec, options: &ConnectOptions) -> Arc<dyn Conne
     match &node.transport {
         Transport::Local => Arc::new(local::LocalConnector::new(&options.working_dir)),
         Transport::Ssh(target) => Arc::new(ssh::SshConnector::new(&node.name, target, options)),
+        Transport::Slurm(target) => Arc::new(slurm::SlurmConnector::new(target, options)),
     }
 }
 

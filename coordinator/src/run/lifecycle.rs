@@ -36,8 +36,13 @@ impl Dispatcher<'_> {
         // Since the first of open, drop, reopen: a node's wait is bounded as a whole.
         let now = self.now();
         self.awaiting_outbox.entry(slot).or_insert(now);
+        let gpu = match self.state.slots[slot].kind {
+            crate::scheduler::SlotKind::Gpu(g) => Some(g),
+            crate::scheduler::SlotKind::Cpu => None,
+        };
         let request = OpenRequest {
             slot,
+            gpu,
             generation,
             hello: llem_common::protocol::Hello::new("coordinator").for_run(self.run.id.clone()),
             log: self.run.agent_log(&self.slot_names[slot]),

@@ -38,6 +38,7 @@ mod report_server;
 pub mod results;
 pub mod rundir;
 pub mod session;
+pub mod slurm;
 pub mod ssh;
 
 #[cfg(test)]

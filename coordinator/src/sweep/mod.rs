@@ -138,6 +138,36 @@ pub enum Transport {
     Local,
     /// The agent is started over SSH.
     Ssh(SshNode),
+    /// The agent runs as a step of a Slurm allocation: node `index` of it.
+    Slurm(SlurmNode),
+}
+
+/// One node of a Slurm allocation. Which host it is, Slurm says once the allocation is
+/// granted; until then it is `slurm-<index>`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlurmNode {
+    pub allocation: SlurmAllocation,
+    pub index: u32,
+}
+
+/// The allocation `nodes: {slurm: …}` asks for: `nodes` nodes with `gpus_per_node` GPUs
+/// each. Every value reaches salloc/srun as one argument, never through a shell.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlurmAllocation {
+    pub partition: Option<String>,
+    pub nodes: u32,
+    pub gpus_per_node: u32,
+    /// Slurm's time format (`04:00:00`, `1-00:00:00`, minutes).
+    pub time: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    pub constraint: Option<String>,
+    pub reservation: Option<String>,
+    /// Passed to salloc as they are (`--exclusive`).
+    pub extra: Vec<String>,
+    /// The agent on a filesystem every node sees; else the coordinator's own agent, which
+    /// must then be on such a filesystem too.
+    pub agent: Option<PathBuf>,
 }
 
 /// An SSH node as the sweep gives it. What is unset is left to `ssh` and the user's

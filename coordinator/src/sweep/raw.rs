@@ -66,3 +66,26 @@ pub struct RawNode {
     pub gpus: S<u32>,
     pub labels: Option<BTreeMap<String, Spanned<String>>>,
 }
+
+/// `nodes: {slurm: …}`: one Slurm allocation whose nodes run the jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlurm {
+    pub partition: S<String>,
+    pub nodes: S<u32>,
+    pub gpus_per_node: S<u32>,
+    pub time: S<String>,
+    pub account: S<String>,
+    pub qos: S<String>,
+    pub constraint: S<String>,
+    pub reservation: S<String>,
+    pub extra: Option<Vec<Spanned<String>>>,
+    pub agent: S<String>,
+}
+
+/// The `nodes:` mapping form (only `slurm:` today).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodesMap {
+    pub slurm: RawSlurm,
+}

@@ -10,4 +10,5 @@ mod run;
 mod run_dir;
 mod server;
 mod server_faults;
+mod slurm;
 mod sweeps;
