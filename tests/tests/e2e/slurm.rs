@@ -1,6 +1,7 @@
 //! The Slurm transport against a real slurmctld/slurmd (started here, one node with two
 //! fake GPUs as gres): every agent session is a job step of one allocation.
 
+use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
 use llem_tests::slurm::SlurmCluster;
@@ -56,25 +57,32 @@ fn a_sweep_runs_as_steps_of_one_allocation_one_gpu_each() {
 }
 
 /// Kills a coordinator a failed assertion left running (with its process group).
-struct Coordinator(std::process::Child);
+struct Coordinator(Option<std::process::Child>);
+
+impl Coordinator {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("running")
+    }
+}
 
 impl Drop for Coordinator {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
-        let _ = self.0.wait();
+        if let Some(mut child) = self.0.take() {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+            let _ = child.wait();
+        }
     }
 }
 
 #[test]
 fn ctrl_c_stops_the_steps_releases_the_allocation_and_exits_130() {
-    use std::os::unix::process::CommandExt as _;
     let dir = tempfile::tempdir().expect("tmp");
     let slurm = cluster(dir.path());
     let sweep = STEP_JOBS
         .replace("time.sleep(0.5)", "open(os.environ['LLEM_JOB_DIR'] + '/started', 'w').close(); time.sleep(600)");
     std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
     // As a terminal does: SIGINT to the whole process group (srun included).
-    let mut llem = Coordinator(
+    let mut llem = Coordinator(Some(
         llem_in(dir.path(), &["run", "sweep.yaml"])
             .env("SLURM_CONF", &slurm.conf)
             .process_group(0)
@@ -82,7 +90,7 @@ fn ctrl_c_stops_the_steps_releases_the_allocation_and_exits_130() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("llem run"),
-    );
+    ));
     let start = std::time::Instant::now();
     loop {
         // A running job's folder is in the agent's state dir until its result is sent.
@@ -94,11 +102,58 @@ fn ctrl_c_stops_the_steps_releases_the_allocation_and_exits_130() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(slurm.listed().iter().any(|l| l.contains("llem-agent")), "the agents run as steps: {:?}", slurm.listed());
-    let group = llem.0.id();
+    let group = llem.child().id();
     let sent = std::process::Command::new("kill").args(["-INT", "--", &format!("-{group}")]).status().expect("kill");
     assert!(sent.success());
-    let status = llem.0.wait().expect("wait");
+    let status = llem.child().wait().expect("wait");
     assert_eq!(status.code(), Some(130), "interrupted");
     let left = slurm.wait_until_empty(Duration::from_secs(30));
     assert!(left.is_empty(), "nothing of ours is left in squeue: {left:?}");
+}
+
+#[test]
+fn steps_killed_by_scancel_mid_job_are_started_again_and_their_jobs_retried() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let slurm = cluster(dir.path());
+    let sweep = STEP_JOBS
+        .replace("time.sleep(0.5)", "open(os.environ['LLEM_JOB_DIR'] + '/started', 'w').close(); time.sleep(2)");
+    std::fs::write(dir.path().join("sweep.yaml"), sweep).expect("sweep");
+    let mut llem = Coordinator(Some(
+        llem_in(dir.path(), &["run", "sweep.yaml"])
+            .env("SLURM_CONF", &slurm.conf)
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("llem run"),
+    ));
+    let start = std::time::Instant::now();
+    while !llem_tests::files_under(dir.path()).iter().any(|p| p.ends_with("started")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no job started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `scancel JOB.STEP` kills each agent step at once (SIGKILL), mid-job.
+    let steps: Vec<String> = slurm
+        .listed()
+        .iter()
+        .filter(|l| l.ends_with("llem-agent"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert!(!steps.is_empty(), "{:?}", slurm.listed());
+    let cancelled = slurm.command("scancel").args(&steps).status().expect("scancel");
+    assert!(cancelled.success());
+    let out = llem.0.take().expect("running").wait_with_output().expect("llem run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let run = first_run_dir(dir.path()).expect("run dir");
+    let mut results = 0;
+    for job in std::fs::read_dir(run.join("jobs")).expect("jobs").flatten() {
+        let attempts: Vec<_> = std::fs::read_dir(job.path()).expect("attempts").flatten().map(|e| e.path()).collect();
+        results += attempts.iter().filter(|a| a.join("result.json").is_file()).count();
+    }
+    assert_eq!(results, 6, "every job has exactly one result\n{stderr}");
+    // A lost attempt leaves no folder in the run: the progress says what happened.
+    assert!(stderr.contains("failed (connection lost)") && stderr.contains("attempt 2 on"), "{stderr}");
+    let left = slurm.wait_until_empty(Duration::from_secs(30));
+    assert!(left.is_empty(), "{left:?}");
 }
