@@ -19,8 +19,9 @@ use crate::result::JobResult;
 use crate::spec::ExperimentSpec;
 
 /// Bumped on any incompatible change of the messages below. 3: typed failures, chunked
-/// artifacts with a manifest in `finished`, `resend`, `probe` and `prepare`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// artifacts with a manifest in `finished`, `resend`, `probe` and `prepare`. 4: the
+/// coordinator's `heartbeat`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: u32 = 16 * 1024 * 1024;
@@ -43,7 +44,16 @@ pub struct Hello {
     /// content hashes, so two runs of the same sweep share them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The coordinator's promise: it sends something (at least a [`ToAgent::Heartbeat`])
+    /// every this many seconds. An agent that hears nothing for [`HEARTBEAT_MISSES`] times
+    /// as long takes the coordinator for dead and stops, as if its input had closed: a
+    /// Slurm step whose `srun` was killed with its process group keeps its input open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_s: Option<f64>,
 }
+
+/// How many heartbeat intervals of silence an agent waits before it stops.
+pub const HEARTBEAT_MISSES: f64 = 6.0;
 
 impl Hello {
     pub fn new(host: impl Into<String>) -> Self {
@@ -52,6 +62,7 @@ impl Hello {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             host: host.into(),
             run: None,
+            heartbeat_s: None,
         }
     }
 
@@ -60,6 +71,21 @@ impl Hello {
     pub fn for_run(mut self, run: impl Into<String>) -> Self {
         self.run = Some(run.into());
         self
+    }
+
+    /// The coordinator's hello, promising a heartbeat every `seconds`.
+    #[must_use]
+    pub fn with_heartbeat(mut self, seconds: f64) -> Self {
+        self.heartbeat_s = Some(seconds);
+        self
+    }
+
+    /// How long an agent waits for word from this coordinator before it stops (`None`:
+    /// it promised no heartbeat, so for ever).
+    pub fn silence_limit(&self) -> Option<std::time::Duration> {
+        self.heartbeat_s
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| std::time::Duration::from_secs_f64((s * HEARTBEAT_MISSES).min(86_400.0)))
     }
 
     /// Refuses a peer that speaks another protocol version.
@@ -118,6 +144,8 @@ pub enum ToAgent {
     Prepare {
         model: String,
     },
+    /// Nothing to do: the coordinator is alive (sent every `heartbeat_s` of its hello).
+    Heartbeat,
     /// Finish and exit.
     Shutdown,
 }
@@ -293,6 +321,7 @@ mod tests {
             ToAgent::Resend { id: id() },
             ToAgent::Probe,
             ToAgent::Prepare { model: "models/m.gguf".into() },
+            ToAgent::Heartbeat,
             ToAgent::Shutdown,
         ];
         let mut buf = Vec::new();
@@ -341,6 +370,15 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_waits_six_heartbeats_and_for_ever_without_one() {
+        assert_eq!(Hello::new("c").silence_limit(), None);
+        assert_eq!(Hello::new("c").with_heartbeat(5.0).silence_limit(), Some(std::time::Duration::from_secs(30)));
+        assert_eq!(Hello::new("c").with_heartbeat(-1.0).silence_limit(), None);
+        assert_eq!(Hello::new("c").with_heartbeat(f64::NAN).silence_limit(), None);
+        assert!(!serde_json::to_string(&Hello::new("agent")).expect("json").contains("heartbeat"));
+    }
+
+    #[test]
     fn a_protocol_2_peer_is_refused_by_name() {
         // A frame as a protocol-2 agent sent it (checked in): hello keeps its shape across
         // versions, so the answer is a clear refusal, not a decoding error.
@@ -351,7 +389,7 @@ mod tests {
         };
         assert_eq!(theirs.protocol, 2);
         let err = Hello::new("coordinator").check(&theirs).expect_err("refused").to_string();
-        assert!(err.contains("speaks protocol 2") && err.contains("this llem speaks 3"), "{err}");
+        assert!(err.contains("speaks protocol 2") && err.contains("this llem speaks 4"), "{err}");
         // A newer peer's hello may carry fields this build does not know.
         let newer = r#"{"type":"hello","protocol":9,"version":"9.0.0","host":"b","gpus":8}"#;
         assert!(matches!(serde_json::from_str::<FromAgent>(newer), Ok(FromAgent::Hello(_))));

@@ -13,6 +13,7 @@
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _, Result};
@@ -41,44 +42,57 @@ fn failed(out: &Out, id: AttemptId, kind: FailureKind, message: impl Into<String
     send(out, &FromAgent::Failed { id, kind, message: message.into() });
 }
 
-/// Serves one coordinator until it says `Shutdown` or goes away.
+/// Serves one coordinator until it says `Shutdown` or goes away: its input ends, or it
+/// stays silent for longer than its hello's heartbeat allows.
 pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
-    let mut input = BufReader::new(std::io::stdin().lock());
+    // Unlocked: after the hello, a reader thread owns it.
+    let mut input = BufReader::new(std::io::stdin());
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let host = crate::probe::host_snapshot("").hostname;
     let ours = Hello::new(host);
     // This session's outbox: the run's own, so a resend never hands one run's result
     // to another run of the same jobs.
-    let outbox = match read_frame::<ToAgent>(&mut input).context("cannot read the coordinator's hello")? {
-        Some(ToAgent::Hello(theirs)) => {
-            send(&out, &FromAgent::Hello(ours.clone()));
-            ours.check(&theirs)?;
-            // Outboxes are per run: without a run's own name, results could reach another
-            // run, which must never happen.
-            let Some(run) = theirs.run.filter(|r| is_safe_artifact_name(r)) else {
-                let message = "the coordinator's hello names no run (or not as a plain name): refused".to_owned();
-                send(&out, &FromAgent::Log { id: None, level: "error".to_owned(), message: message.clone() });
-                bail!(message);
-            };
-            Outbox::new(state.join("outbox").join(run))
-        }
-        Some(other) => bail!("the coordinator spoke before saying hello: {other:?}"),
-        None => return Ok(()),
-    };
+    let (outbox, silence_limit) =
+        match read_frame::<ToAgent>(&mut input).context("cannot read the coordinator's hello")? {
+            Some(ToAgent::Hello(theirs)) => {
+                let silence_limit = theirs.silence_limit();
+                send(&out, &FromAgent::Hello(ours.clone()));
+                ours.check(&theirs)?;
+                // Outboxes are per run: without a run's own name, results could reach another
+                // run, which must never happen.
+                let Some(run) = theirs.run.filter(|r| is_safe_artifact_name(r)) else {
+                    let message = "the coordinator's hello names no run (or not as a plain name): refused".to_owned();
+                    send(&out, &FromAgent::Log { id: None, level: "error".to_owned(), message: message.clone() });
+                    bail!(message);
+                };
+                (Outbox::new(state.join("outbox").join(run)), silence_limit)
+            }
+            Some(other) => bail!("the coordinator spoke before saying hello: {other:?}"),
+            None => return Ok(()),
+        };
     let pending = outbox.pending();
     for id in &pending {
         tracing::info!("re-sending {}/attempt-{} from the outbox", id.job_id, id.attempt);
         outbox.deliver(&out, id);
     }
     send(&out, &FromAgent::OutboxResent { count: pending.len() as u32 });
+    let messages = read_in_thread(input);
     let mut running: Option<Running> = None;
     loop {
-        let message = match read_frame::<ToAgent>(&mut input) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!("protocol error: {e}");
-                None
-            }
+        let message = match silence_limit {
+            Some(limit) => match messages.recv_timeout(limit) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::error!(
+                        "no word from the coordinator for {:.0} s (it promised a heartbeat every {:.1} s): it is gone; stopping",
+                        limit.as_secs_f64(),
+                        limit.as_secs_f64() / llem_common::protocol::HEARTBEAT_MISSES
+                    );
+                    None
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+            None => messages.recv().ok().flatten(),
         };
         match message {
             // The coordinator is gone (or said goodbye): stop the job, release the lock.
@@ -89,7 +103,7 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
                 }
                 return Ok(());
             }
-            Some(ToAgent::Hello(_)) => {}
+            Some(ToAgent::Hello(_) | ToAgent::Heartbeat) => {}
             Some(ToAgent::Ack { id }) => {
                 if safe_id(&id) {
                     outbox.remove(&id);
@@ -138,6 +152,26 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
             }
         }
     }
+}
+
+/// Forwards the coordinator's messages from a thread of their own, so that silence can
+/// be timed; `None` once the stream ends or breaks.
+fn read_in_thread(mut input: BufReader<std::io::Stdin>) -> Receiver<Option<ToAgent>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || loop {
+        let message = match read_frame::<ToAgent>(&mut input) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("protocol error: {e}");
+                None
+            }
+        };
+        let end = message.is_none();
+        if tx.send(message).is_err() || end {
+            return;
+        }
+    });
+    rx
 }
 
 /// Runs one attempt in a worker thread, into the outbox, and delivers it from there.

@@ -40,6 +40,13 @@ fn finish(plan: &Plan, run: &RunDir, ending: Ending) -> Result<u8, CommandError>
             eprintln!("interrupted: continue with `llem resume {}`", run.path.display());
             exit::INTERRUPTED
         }
+        Ending::Stopped(why) => {
+            eprintln!(
+                "the run stopped: {why}. No job was failed for it: `llem resume {}` runs the rest (with a new allocation)",
+                run.path.display()
+            );
+            exit::RUN_FAILED
+        }
     })
 }
 
@@ -52,7 +59,7 @@ pub fn run(args: &RunArgs) -> Result<u8, CommandError> {
     print_warnings(&plan);
     let (run, journal) = RunDir::create(&plan, &args.runs_dir)?;
     eprintln!("run directory: {}", run.path.display());
-    let options = ConnectOptions::new(&working_dir(), args.accept_new_host_keys);
+    let options = ConnectOptions::new(&working_dir(), args.accept_new_host_keys, Some(&run.id));
     let ending = run::dispatch(&plan, &run, journal, &Earlier::default(), &options)?;
     finish(&plan, &run, ending)
 }
@@ -161,9 +168,23 @@ pub fn resume(args: &ResumeArgs) -> Result<u8, CommandError> {
         }
         None => working_dir(),
     };
-    let options = ConnectOptions::new(&dir, args.accept_new_host_keys);
+    let options = ConnectOptions::new(&dir, args.accept_new_host_keys, Some(&run.id));
+    release_leftovers(&plan, &run, &replay);
     let ending = run::dispatch(&plan, &run, journal, &earlier, &options)?;
     finish(&plan, &run, ending)
+}
+
+/// Cancels the Slurm allocations an earlier run of this directory left behind (its
+/// coordinator was killed outright): their steps would hold GPUs for nothing.
+fn release_leftovers(plan: &Plan, run: &RunDir, replay: &Replay) {
+    let recorded = replay.allocations();
+    let slurm = plan.sweep.nodes.iter().any(|n| matches!(n.transport, sweep::Transport::Slurm(_)));
+    if recorded.is_empty() && !slurm {
+        return;
+    }
+    for id in run::slurm::release_leftovers(&run.id, &recorded) {
+        eprintln!("cancelled Slurm allocation {id}, which an earlier run of this directory left behind");
+    }
 }
 
 pub fn status(args: &StatusArgs) -> Result<u8, CommandError> {

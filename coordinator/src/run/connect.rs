@@ -48,6 +48,13 @@ pub enum Incoming {
         node: u16,
         error: ConnectError,
     },
+    /// The transport holds resources for the run under `id` (a Slurm allocation on
+    /// `hosts`): journaled before anything runs there, so that `llem resume` can release
+    /// what a coordinator killed outright left behind.
+    Allocated {
+        id: String,
+        hosts: Vec<String>,
+    },
     /// Ctrl-C.
     Interrupt,
 }
@@ -62,11 +69,16 @@ pub enum ConnectError {
     /// The node may answer later (refused connection, timeout, a dropped link).
     #[error("{0}")]
     Unreachable(String),
+    /// What the run was given to run on is gone for good (its Slurm allocation reached
+    /// its time limit, was pre-empted or cancelled): the run stops, its jobs are not
+    /// failed, and `llem resume` continues with new resources.
+    #[error("{0}")]
+    Ended(String),
 }
 
 impl ConnectError {
     pub fn is_final(&self) -> bool {
-        matches!(self, ConnectError::Refused(_))
+        matches!(self, ConnectError::Refused(_) | ConnectError::Ended(_))
     }
 }
 
@@ -125,12 +137,13 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    pub fn new(working_dir: &Path, accept_new_host_keys: bool) -> Self {
+    /// For run `run_id` (`None`: a command that is not a run).
+    pub fn new(working_dir: &Path, accept_new_host_keys: bool, run_id: Option<&str>) -> Self {
         ConnectOptions {
             accept_new_host_keys,
             working_dir: working_dir.to_owned(),
             control_dir: std::env::temp_dir().join(format!("llem-ssh-{}", std::process::id())),
-            slurm: Arc::new(slurm::Allocation::new(working_dir)),
+            slurm: Arc::new(slurm::Allocation::new(working_dir, run_id)),
         }
     }
 }

@@ -77,7 +77,24 @@ pub(super) struct Dispatcher<'p> {
     /// Per slot: questions (probe, prepare) not yet answered, and when its agent last
     /// sent anything.
     pub(super) questions: HashMap<usize, (u32, f64)>,
+    /// Every open session hears from this loop at least this often ([`ToAgent::Heartbeat`]):
+    /// an agent that hears nothing for much longer stops, so a coordinator killed with
+    /// SIGKILL leaves no agent running (a Slurm step's input stays open when its `srun`
+    /// dies with its process group).
+    pub(super) heartbeat_s: f64,
+    next_heartbeat: f64,
+    /// Set when what the run ran on is gone (why): it ends as [`Ending::Stopped`].
+    pub(super) stopped: Option<String>,
     clock: Instant,
+}
+
+/// The heartbeat's interval: `$LLEM_HEARTBEAT_S`, else 5 s (an agent gives up after six).
+pub fn heartbeat_interval() -> f64 {
+    std::env::var("LLEM_HEARTBEAT_S")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(5.0)
 }
 
 pub(super) fn at() -> String {
@@ -142,6 +159,9 @@ impl<'p> Dispatcher<'p> {
             resends: HashMap::new(),
             prepared: HashMap::new(),
             questions: HashMap::new(),
+            heartbeat_s: heartbeat_interval(),
+            next_heartbeat: 0.0,
+            stopped: None,
             clock: Instant::now(),
         })
     }
@@ -177,8 +197,12 @@ impl<'p> Dispatcher<'p> {
     /// Runs until every job has ended, or until an interrupt's cancellations are in.
     pub(super) fn run(mut self, rx: &Receiver<Incoming>) -> Result<Ending> {
         let mut all_done = false;
-        for slot in 0..self.sessions.len() {
-            self.open(slot);
+        // Nothing left to run (a resume of a finished run): no session is needed, and a
+        // Slurm run asks for no allocation.
+        if self.state.states.iter().any(|s| !s.is_terminal()) {
+            for slot in 0..self.sessions.len() {
+                self.open(slot);
+            }
         }
         let mut event = Some(Event::Tick { now: 0.0 });
         let mut wake = None;
@@ -192,25 +216,38 @@ impl<'p> Dispatcher<'p> {
                 }
             }
             let now = self.now();
+            if now >= self.next_heartbeat {
+                self.heartbeat();
+                self.next_heartbeat = now + self.heartbeat_s;
+            }
+            let until = wake.map_or(self.next_heartbeat, |w| w.min(self.next_heartbeat));
             // Every sender is a clone this loop holds too: the channel cannot close.
-            let message = match wake {
-                Some(at) if at > now => rx.recv_timeout(Duration::from_secs_f64(at - now)).ok(),
-                Some(_) => None,
-                None => rx.recv().ok(),
-            };
+            let message = if until > now { rx.recv_timeout(Duration::from_secs_f64(until - now)).ok() } else { None };
             let now = self.now();
             let due = wake.is_some_and(|at| at <= now);
             event = match message {
-                None => Some(Event::Tick { now }),
+                None => due.then_some(Event::Tick { now }),
                 Some(m) => self.incoming(m, now)?.or_else(|| due.then_some(Event::Tick { now })),
             };
         }
         self.finish();
+        if let Some(why) = self.stopped.take() {
+            return Ok(Ending::Stopped(why));
+        }
         if self.interrupted {
             return Ok(Ending::Interrupted);
         }
         let ok = self.state.states.iter().all(|s| matches!(s, JobState::Succeeded { .. }));
         Ok(if ok { Ending::AllSucceeded } else { Ending::SomeFailed })
+    }
+
+    /// Tells every open session's agent that this coordinator is alive.
+    fn heartbeat(&mut self) {
+        for slot in 0..self.sessions.len() {
+            if matches!(self.sessions[slot], SlotSession::Open { .. }) {
+                self.send(slot, &ToAgent::Heartbeat);
+            }
+        }
     }
 
     fn finish(&mut self) {
@@ -242,7 +279,7 @@ impl<'p> Dispatcher<'p> {
     }
 
     /// One event through the scheduler (held while outboxes are still arriving).
-    fn feed(&mut self, event: Event) -> Result<(Option<f64>, bool)> {
+    pub(super) fn feed(&mut self, event: Event) -> Result<(Option<f64>, bool)> {
         self.state.hold(!self.awaiting_outbox.is_empty());
         let effects = scheduler::on_event(&mut self.state, event);
         self.apply(effects)
@@ -393,7 +430,15 @@ impl<'p> Dispatcher<'p> {
             }
             Incoming::NodeUnreachable { node, error } => {
                 self.reconnecting.remove(&node);
-                self.node_lost(node, &error.to_string())
+                match error {
+                    super::connect::ConnectError::Ended(why) => self.resources_ended(&why),
+                    error => self.node_lost(node, &error.to_string()),
+                }
+            }
+            Incoming::Allocated { id, hosts } => {
+                self.progress.line(&format!("Slurm allocation {id} granted on {}", hosts.join(", ")));
+                self.record(&Record::Allocated { id, hosts, at: at() })?;
+                Ok(None)
             }
             Incoming::Agent { slot, message } => {
                 self.heard_from(slot, now);

@@ -45,6 +45,8 @@ pub struct Script {
     pub opens: AtomicU32,
     /// How many probes were answered.
     pub probes: AtomicU32,
+    /// Reconnects say that the run's resources ended (a Slurm allocation's time limit).
+    pub ended: Option<String>,
 }
 
 impl Script {
@@ -91,7 +93,10 @@ impl Connector for FakeConnector {
     }
 
     fn reconnect(&self) -> Result<(), ConnectError> {
-        Ok(())
+        match &self.script.ended {
+            Some(why) => Err(ConnectError::Ended(why.clone())),
+            None => Ok(()),
+        }
     }
 
     fn round_trip(&self) -> Result<Duration, ConnectError> {
@@ -229,7 +234,7 @@ impl FakeAgent {
                     self.say(FromAgent::Prepared { model, status });
                 }
                 ToAgent::Shutdown => return "shut down",
-                ToAgent::Hello(_) | ToAgent::Cancel { .. } => {}
+                ToAgent::Hello(_) | ToAgent::Cancel { .. } | ToAgent::Heartbeat => {}
             }
         }
         "the coordinator went away"

@@ -3,7 +3,9 @@
 //! writing it) is ignored on replay; anything else malformed is an error.
 //!
 //! Version 2 records where the run directory's copy of the sweep is (`snapshot`), the
-//! working directory of the run, and each failure's kind; version 1 journals
+//! working directory of the run, and each failure's kind; version 3 adds the records
+//! `allocated` (a Slurm allocation, so that resume can release one left behind) and
+//! `stopped` (the run's resources ended). Version 1 journals
 //! (`tests/fixtures/journal-v1.jsonl`) keep loading.
 
 use std::collections::BTreeMap;
@@ -15,7 +17,7 @@ use llem_common::failure::FailureKind;
 use serde::{Deserialize, Serialize};
 
 /// The version this build writes.
-pub const JOURNAL_VERSION: u32 = 2;
+pub const JOURNAL_VERSION: u32 = 3;
 /// The oldest version it reads.
 pub const OLDEST_JOURNAL_VERSION: u32 = 1;
 
@@ -95,6 +97,19 @@ pub enum Record {
         at: String,
     },
     Interrupted {
+        at: String,
+    },
+    /// The transport holds resources for the run: Slurm allocation `id` on `hosts`
+    /// (version 3).
+    Allocated {
+        id: String,
+        hosts: Vec<String>,
+        at: String,
+    },
+    /// The run stopped because what it ran on is gone (version 3); the jobs left run on
+    /// resume.
+    Stopped {
+        why: String,
         at: String,
     },
     /// `resume --allow-changed-sweep` with changed files: from here on the sweep is the
@@ -190,6 +205,17 @@ impl Replay {
             Some((snapshot, hash)) => (Some(snapshot), hash),
             None => (self.header.snapshot.as_ref(), self.header.source_hash.as_str()),
         }
+    }
+
+    /// The allocations the run's journal records, oldest first.
+    pub fn allocations(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Allocated { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Failures per job that count against `retries` (every `failed` record: a
@@ -310,12 +336,14 @@ mod tests {
         j.append(&Record::Dispatched { job: "a-c1".into(), attempt: 2, node: "local".into(), at: "t".into() })
             .expect("append");
         j.append(&Record::Finished { job: "a-c1".into(), attempt: 2, at: "t".into() }).expect("append");
+        j.append(&Record::Allocated { id: "12".into(), hosts: vec!["gpu-a".into()], at: "t".into() }).expect("append");
         drop(j);
         // A crash in the middle of a line.
         OpenOptions::new().append(true).open(&path).expect("open").write_all(b"{\"event\":\"dispat").expect("write");
         let r = replay(&path).expect("replays");
         assert!(r.torn_tail);
-        assert_eq!(r.records.len(), 4);
+        assert_eq!(r.records.len(), 5);
+        assert_eq!(r.allocations(), ["12"]);
         let (outcomes, attempts) = r.outcomes();
         assert_eq!(outcomes.get("a-c1"), Some(&Outcome::Finished { attempt: 2 }));
         assert_eq!(attempts.get("a-c1"), Some(&2));

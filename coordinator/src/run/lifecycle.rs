@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use super::connect::{ConnectError, Incoming, OpenRequest, Session};
 use super::dispatcher::{Dispatcher, SlotSession};
+use super::journal::Record;
 use crate::scheduler::Event;
 
 /// The longest a node's agents may take to re-send their outboxes, after a session opens
@@ -44,7 +45,9 @@ impl Dispatcher<'_> {
             slot,
             gpu,
             generation,
-            hello: llem_common::protocol::Hello::new("coordinator").for_run(self.run.id.clone()),
+            hello: llem_common::protocol::Hello::new("coordinator")
+                .for_run(self.run.id.clone())
+                .with_heartbeat(self.heartbeat_s),
             log: self.run.agent_log(&self.slot_names[slot]),
             events: self.tx.clone(),
         };
@@ -201,6 +204,9 @@ impl Dispatcher<'_> {
     /// again with backoff.
     fn open_failed(&mut self, slot: usize, error: &ConnectError) -> Result<Option<Event>> {
         let node = self.node_of(slot);
+        if let ConnectError::Ended(why) = error {
+            return self.resources_ended(why);
+        }
         if error.is_final() {
             return self.node_lost(node, &error.to_string());
         }
@@ -235,6 +241,36 @@ impl Dispatcher<'_> {
         }
         self.progress.line(&format!("node {} lost: {why}", self.node_name(node)));
         Ok(Some(Event::NodeLost { node, now: self.now() }))
+    }
+
+    /// What the run ran on is gone for good (its Slurm allocation ended): every running
+    /// attempt is lost, nothing more starts, and the run ends saying why. No job is failed
+    /// for it: `llem resume` runs what is left on new resources.
+    pub(super) fn resources_ended(&mut self, why: &str) -> Result<Option<Event>> {
+        if self.stopped.is_some() {
+            return Ok(None);
+        }
+        self.progress.line(&format!("the run stops: {why}"));
+        self.record(&Record::Stopped { why: why.to_owned(), at: super::dispatcher::at() })?;
+        self.stopped = Some(why.to_owned());
+        // Journaled as lost (and retryable) before the scheduler cancels what is left.
+        for slot in 0..self.sessions.len() {
+            self.journal_lost_attempt(slot, why)?;
+        }
+        self.interrupted = true;
+        self.feed(Event::Cancel)?;
+        let now = self.now();
+        for slot in 0..self.sessions.len() {
+            if let SlotSession::Open { session, .. } = std::mem::replace(&mut self.sessions[slot], SlotSession::Closed)
+            {
+                session.kill();
+            }
+            self.awaiting_outbox.remove(&slot);
+            self.questions.remove(&slot);
+            self.inbox.forget_slot(slot);
+            self.feed(Event::SlotDown { slot: slot as u32, now })?;
+        }
+        Ok(Some(Event::Tick { now }))
     }
 
     /// The agent on `slot` said `outbox_resent`: it is up to date.

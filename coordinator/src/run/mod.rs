@@ -50,11 +50,14 @@ pub use connect::{agent_binary, connector_for, ConnectOptions, Connector};
 pub use rundir::RunDir;
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     AllSucceeded,
     SomeFailed,
     Interrupted,
+    /// What the run ran on is gone (its Slurm allocation ended), saying why: the jobs
+    /// that did not finish are not failed, and `llem resume` runs them.
+    Stopped(String),
 }
 
 /// What an earlier run of this directory left: jobs that ended (not run again), the

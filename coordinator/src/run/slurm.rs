@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::connect::{agent_binary, ConnectError, Connector, OpenRequest, Session};
+use super::connect::{agent_binary, ConnectError, Connector, Incoming, OpenRequest, Session};
 use super::session::ChildSession;
 use crate::sweep::{SlurmAllocation, SlurmNode};
 
@@ -35,40 +35,82 @@ pub struct Granted {
 #[derive(Debug)]
 pub struct Allocation {
     working_dir: PathBuf,
-    state: Mutex<Option<Result<Granted, String>>>,
+    /// The job name: `llem-<run id>`, so that `llem resume` finds an allocation an earlier
+    /// run of the directory left behind even if it died before journaling the job id.
+    name: String,
+    state: Mutex<AllocationState>,
+}
+
+#[derive(Debug)]
+enum AllocationState {
+    NotAsked,
+    Granted(Granted),
+    Refused(String),
+    /// Released (or never needed) at the run's end: a session still opening then must
+    /// not make a new allocation, which nobody would release.
+    Closed,
+}
+
+/// The job name of a run's allocation.
+pub fn job_name(run_id: &str) -> String {
+    format!("llem-{run_id}")
 }
 
 impl Allocation {
-    pub fn new(working_dir: &Path) -> Self {
-        Allocation { working_dir: working_dir.to_owned(), state: Mutex::new(None) }
+    /// The allocation of run `run_id` (`None`: a command that is not a run, such as
+    /// `llem nodes check`).
+    pub fn new(working_dir: &Path, run_id: Option<&str>) -> Self {
+        let name = run_id.map_or_else(|| format!("llem-check-{}", std::process::id()), job_name);
+        Allocation { working_dir: working_dir.to_owned(), name, state: Mutex::new(AllocationState::NotAsked) }
     }
 
-    /// The allocation, asking Slurm for it the first time (salloc waits while it pends).
-    pub fn granted(&self, spec: &SlurmAllocation) -> Result<Granted, ConnectError> {
+    /// The allocation, asking Slurm for it the first time (salloc waits while it pends);
+    /// and whether this call was that first time.
+    pub fn granted(&self, spec: &SlurmAllocation) -> Result<(Granted, bool), ConnectError> {
+        // Held while salloc waits: every other session waits for the same allocation, and
+        // `release` cannot slip in between a grant and its record.
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.is_none() {
-            *state = Some(self.request(spec));
+        let new = matches!(*state, AllocationState::NotAsked);
+        if new {
+            *state = match self.request(spec) {
+                Ok(g) => AllocationState::Granted(g),
+                Err(why) => AllocationState::Refused(why),
+            };
         }
-        match state.as_ref() {
-            Some(Ok(g)) => Ok(g.clone()),
-            Some(Err(why)) => Err(ConnectError::Refused(why.clone())),
-            None => unreachable!("set above"),
+        match &*state {
+            AllocationState::Granted(g) => Ok((g.clone(), new)),
+            AllocationState::Refused(why) => Err(ConnectError::Refused(why.clone())),
+            AllocationState::Closed => Err(ConnectError::Refused("the run is over: no new allocation".to_owned())),
+            AllocationState::NotAsked => unreachable!("set above"),
         }
     }
 
     fn request(&self, spec: &SlurmAllocation) -> Result<Granted, String> {
-        let name = format!("llem-{}", std::process::id());
-        let out = Command::new("salloc")
-            .args(salloc_args(spec, &name))
+        let name = &self.name;
+        let mut salloc = Command::new("salloc")
+            .args(salloc_args(spec, name))
             .current_dir(&self.working_dir)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot run salloc ({e}): is this a Slurm login node?"))?;
-        let said = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        // Read as it comes: an allocation that pends is said at once, not after the wait.
+        let mut said = String::new();
+        if let Some(stderr) = salloc.stderr.take() {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("queued and waiting") {
+                    tracing::warn!("{}: waiting until Slurm grants it", line.trim_start_matches("salloc: "));
+                }
+                said.push_str(&line);
+                said.push('\n');
+            }
+        }
+        let _ = salloc.wait();
         let Some(job_id) = granted_job_id(&said) else {
             return Err(format!("salloc did not grant an allocation: {}", last_line(&said)));
         };
-        tracing::info!("Slurm allocation {job_id} granted");
         match hosts_of(&job_id) {
             Ok(hosts) => Ok(Granted { job_id, hosts }),
             Err(e) => {
@@ -82,7 +124,7 @@ impl Allocation {
     /// no longer lists it.
     pub fn release(&self) {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(Ok(g)) = state.take() {
+        if let AllocationState::Granted(g) = std::mem::replace(&mut *state, AllocationState::Closed) {
             cancel(&g.job_id);
             let deadline = Instant::now() + RELEASE_WAIT;
             while Instant::now() < deadline && is_listed(&g.job_id) {
@@ -123,7 +165,15 @@ pub fn salloc_args(spec: &SlurmAllocation, name: &str) -> Vec<String> {
 /// srun's arguments for one agent session on `host`: a step of its own with one task, the
 /// slot's GPU or none.
 pub fn srun_args(job_id: &str, host: &str, gpu: Option<u32>, agent: &Path) -> Vec<String> {
-    let mut a = vec![
+    let mut a = step_args(job_id, host, gpu);
+    a.push(agent.display().to_string());
+    a.extend(["serve".to_owned(), "--stdio".to_owned()]);
+    a
+}
+
+/// srun's options for a step of one task on `host`, with one GPU or none.
+fn step_args(job_id: &str, host: &str, gpu: Option<u32>) -> Vec<String> {
+    vec![
         format!("--jobid={job_id}"),
         "--exact".to_owned(),
         "--nodes=1".to_owned(),
@@ -134,10 +184,7 @@ pub fn srun_args(job_id: &str, host: &str, gpu: Option<u32>, agent: &Path) -> Ve
         "--quiet".to_owned(),
         "--job-name=llem-agent".to_owned(),
         format!("--export=ALL,{STEP_ENV}=1"),
-    ];
-    a.push(agent.display().to_string());
-    a.extend(["serve".to_owned(), "--stdio".to_owned()]);
-    a
+    ]
 }
 
 /// The job id in salloc's "Granted job allocation 1234".
@@ -178,12 +225,74 @@ fn cancel(job_id: &str) {
     }
 }
 
+/// Whether Slurm lists the job as pending or running (an ended job is not listed).
 fn is_listed(job_id: &str) -> bool {
     Command::new("squeue")
         .args(["--noheader", "--format=%i", &format!("--jobs={job_id}")])
         .output()
         .map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
         .unwrap_or(false)
+}
+
+/// Cancels what an earlier run of this run directory left in Slurm: the allocations its
+/// journal records and any job of ours with its name, that are still listed. Waits until
+/// they are gone; returns their ids.
+pub fn release_leftovers(run_id: &str, recorded: &[String]) -> Vec<String> {
+    let mut ids: Vec<String> = recorded.iter().filter(|id| is_listed(id)).cloned().collect();
+    let by_name = Command::new("squeue")
+        .args(["--me", "--noheader", "--format=%i", &format!("--name={}", job_name(run_id))])
+        .output();
+    if let Ok(out) = by_name {
+        ids.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()));
+    }
+    ids.sort();
+    ids.dedup();
+    for id in &ids {
+        cancel(id);
+    }
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while Instant::now() < deadline && ids.iter().any(|id| is_listed(id)) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ids
+}
+
+/// Why an allocation that Slurm no longer lists ended, in words, from `scontrol` (which
+/// remembers an ended job for `MinJobAge`, 300 s by default).
+fn why_ended(job_id: &str) -> String {
+    let shown = Command::new("scontrol")
+        .args(["--oneliner", "show", "job", job_id])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    ended_in_words(job_id, &shown)
+}
+
+/// The words for an ended job, from its `scontrol --oneliner show job` line.
+pub fn ended_in_words(job_id: &str, shown: &str) -> String {
+    let field = |name: &str| {
+        shown.split_whitespace().find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('='))).unwrap_or("")
+    };
+    let what = match field("JobState") {
+        "TIMEOUT" => format!("it reached its time limit ({})", field("TimeLimit")),
+        "PREEMPTED" => "it was pre-empted".to_owned(),
+        "CANCELLED" => "it was cancelled (scancel)".to_owned(),
+        "NODE_FAIL" => "a node of it failed".to_owned(),
+        "DEADLINE" => "it reached its deadline".to_owned(),
+        "" => "Slurm no longer knows why".to_owned(),
+        state => format!("its state is {state}"),
+    };
+    format!("Slurm allocation {job_id} has ended: {what}")
+}
+
+/// Why a node of a live allocation cannot be used (down, drained, failing), or `None`.
+fn node_unusable(host: &str) -> Option<String> {
+    let out = Command::new("sinfo").args(["--noheader", "--format=%T|%E", &format!("--nodes={host}")]).output().ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).lines().next()?.trim().to_owned();
+    let (state, reason) = line.split_once('|').unwrap_or((&line, ""));
+    let bad = ["down", "drain", "fail", "maint", "not_responding", "inval"];
+    let state = state.trim_end_matches(['*', '~', '#', '!', '%', '$', '@', '^', '-']);
+    bad.iter().any(|b| state.contains(b)).then(|| format!("Slurm node {host} is {state} ({reason})"))
 }
 
 /// Node `index` of the run's allocation.
@@ -207,8 +316,10 @@ impl SlurmConnector {
         self.node.allocation.agent.clone().unwrap_or_else(agent_binary)
     }
 
-    fn host(&self) -> Result<(String, String), ConnectError> {
-        let g = self.allocation.granted(&self.node.allocation)?;
+    /// The allocation's job id and this node's host in it; the job id too when this call
+    /// made the allocation.
+    fn host(&self) -> Result<(String, String, Option<Granted>), ConnectError> {
+        let (g, new) = self.allocation.granted(&self.node.allocation)?;
         let host = g.hosts.get(self.node.index as usize).cloned().ok_or_else(|| {
             ConnectError::Refused(format!(
                 "allocation {} has {} node(s); this sweep asked for {}",
@@ -217,7 +328,7 @@ impl SlurmConnector {
                 self.node.allocation.nodes
             ))
         })?;
-        Ok((g.job_id, host))
+        Ok((g.job_id.clone(), host, new.then_some(g)))
     }
 }
 
@@ -235,7 +346,11 @@ impl Connector for SlurmConnector {
 
     fn open(&self, request: OpenRequest) -> Result<Box<dyn Session>, ConnectError> {
         let agent = PathBuf::from(self.deploy()?);
-        let (job_id, host) = self.host()?;
+        let (job_id, host, new) = self.host()?;
+        if let Some(g) = new {
+            // Journaled before any step starts in it.
+            let _ = request.events.send(Incoming::Allocated { id: g.job_id, hosts: g.hosts });
+        }
         let mut command = Command::new("srun");
         command.args(srun_args(&job_id, &host, request.gpu, &agent));
         if self.working_dir.is_dir() {
@@ -245,18 +360,34 @@ impl Connector for SlurmConnector {
     }
 
     fn reconnect(&self) -> Result<(), ConnectError> {
-        let (job_id, _) = self.host()?;
-        if is_listed(&job_id) {
-            Ok(())
-        } else {
-            Err(ConnectError::Refused(format!(
-                "Slurm allocation {job_id} has ended (its time limit, a pre-emption or scancel): `llem resume` continues with a new allocation"
-            )))
+        let (job_id, host, _) = self.host()?;
+        if !is_listed(&job_id) {
+            return Err(ConnectError::Ended(why_ended(&job_id)));
+        }
+        match node_unusable(&host) {
+            Some(why) => Err(ConnectError::Refused(why)),
+            None => Ok(()),
         }
     }
 
+    /// A no-op step (`true`) on this node of the allocation, timed: what every session
+    /// costs to start, the floor of a job's overhead here.
     fn round_trip(&self) -> Result<Duration, ConnectError> {
-        Ok(Duration::ZERO)
+        let (job_id, host, _) = self.host()?;
+        let started = Instant::now();
+        let out = Command::new("srun")
+            .args(step_args(&job_id, &host, None))
+            .arg("true")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| ConnectError::Refused(format!("cannot run srun: {e}")))?;
+        if !out.status.success() {
+            return Err(ConnectError::Unreachable(format!(
+                "a no-op step on {host} failed: {}",
+                last_line(&String::from_utf8_lossy(&out.stderr))
+            )));
+        }
+        Ok(started.elapsed())
     }
 
     fn close(&self) {
@@ -307,6 +438,14 @@ mod tests {
         assert!(a.contains(&"--gres=gpu:1".to_owned()) && a.contains(&"--exact".to_owned()), "{a:?}");
         assert_eq!(a[a.len() - 3..], ["/shared/llem-agent", "serve", "--stdio"]);
         assert!(srun_args("42", "gpu-a", None, Path::new("a")).contains(&"--gres=none".to_owned()));
+    }
+
+    #[test]
+    fn an_ended_allocation_says_why_in_words() {
+        let line = "JobId=7 JobName=llem-x JobState=TIMEOUT Reason=TimeLimit TimeLimit=00:01:00 NodeList=vm";
+        assert_eq!(ended_in_words("7", line), "Slurm allocation 7 has ended: it reached its time limit (00:01:00)");
+        assert!(ended_in_words("7", "JobId=7 JobState=PREEMPTED").ends_with("it was pre-empted"));
+        assert!(ended_in_words("7", "").ends_with("Slurm no longer knows why"));
     }
 
     #[test]

@@ -457,3 +457,22 @@ fn what_an_agent_sends_before_its_session_is_reported_open_is_not_lost() {
     feed(&mut d, Incoming::Opened { slot: 1, generation: 2, outcome: Ok(Box::new(Recorder::default())) });
     assert!(!matches!(d.sessions[1], super::dispatcher::SlotSession::Open { .. }), "a dead session is not used");
 }
+
+#[test]
+fn resources_that_end_stop_the_run_and_fail_no_job() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let why = "Slurm allocation 7 has ended: it reached its time limit (00:01:00)".to_owned();
+    let script = || Script { drop_on_run: 1.into(), ended: Some(why.clone()), ..Script::default() };
+    let (_, a) = fake(script());
+    let (_, b) = fake(script());
+    let done = dispatch(dir.path(), plan_in(dir.path(), JOBS), Earlier::default(), vec![a, b], |_| {});
+    assert_eq!(done.ending, Ending::Stopped(why.clone()));
+    let stopped = done.events("stopped");
+    assert_eq!(stopped.len(), 1, "{:#?}", done.records);
+    assert_eq!(stopped[0]["why"], why.as_str());
+    assert!(done.events("finished").is_empty());
+    let failed = done.events("failed");
+    assert!(!failed.is_empty() && failed.iter().all(|r| r["retryable"] == true), "{:#?}", done.records);
+    // Every dispatched attempt has its outcome: resume runs each job again, none twice.
+    assert_eq!(done.events("dispatched").len(), failed.len(), "{:#?}", done.records);
+}

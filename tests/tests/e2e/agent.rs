@@ -466,3 +466,44 @@ fn the_cuda_agent_starts_without_cuda_and_runs_cpu_jobs() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("2 of 2 jobs finished"), "{said}");
 }
+
+#[test]
+fn a_served_agent_stops_when_its_coordinator_falls_silent_and_not_before() {
+    use llem_common::protocol::{write_frame, Hello, ToAgent};
+    let job = Job::new("");
+    let log = job.path("agent.log");
+    let mut agent = Command::new(binary("llem-agent"))
+        .args(["serve", "--stdio", "--state-dir"])
+        .arg(job.path("state"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("agent");
+    let mut input = agent.stdin.take().expect("stdin");
+    // A heartbeat every 0.2 s promised: silence of 1.2 s means the coordinator is gone.
+    let hello = Hello::new("test").for_run("heartbeat").with_heartbeat(0.2);
+    write_frame(&mut input, &ToAgent::Hello(hello)).expect("hello");
+    let beating = Instant::now();
+    while beating.elapsed() < Duration::from_secs(3) {
+        write_frame(&mut input, &ToAgent::Heartbeat).expect("the agent is still there");
+        assert!(agent.try_wait().expect("wait").is_none(), "the agent left while heartbeats came");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Silence, with its input still open (as a Slurm step's is when srun is killed).
+    let silent = Instant::now();
+    let status = loop {
+        if let Some(status) = agent.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(silent.elapsed() < Duration::from_secs(20), "the agent never noticed the silence");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = silent.elapsed();
+    drop(input);
+    assert!(status.success(), "{status:?}");
+    assert!(waited >= Duration::from_millis(1100), "it left after {waited:?}, before the promised limit");
+    let said = std::fs::read_to_string(&log).expect("log");
+    assert!(said.contains("no word from the coordinator for 1 s"), "{said}");
+}

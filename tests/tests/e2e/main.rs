@@ -11,4 +11,5 @@ mod run_dir;
 mod server;
 mod server_faults;
 mod slurm;
+mod slurm_faults;
 mod sweeps;

@@ -7,12 +7,12 @@ use std::time::Duration;
 use llem_tests::slurm::SlurmCluster;
 use llem_tests::{first_run_dir, llem_in};
 
-fn cluster(dir: &std::path::Path) -> SlurmCluster {
+pub(crate) fn cluster(dir: &std::path::Path) -> SlurmCluster {
     // Never a silent skip: without Slurm the test fails, saying why.
     SlurmCluster::start(dir, 8, 2).unwrap_or_else(|why| panic!("cannot start the test Slurm cluster: {why}"))
 }
 
-const STEP_JOBS: &str = "name: steps\nmodel: label\nengine: command\ndevice: cuda\n\
+pub(crate) const STEP_JOBS: &str = "name: steps\nmodel: label\nengine: command\ndevice: cuda\n\
     command: [python3, -c, \"import os, time; open(os.environ['LLEM_JOB_DIR'] + '/step.txt', 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset') + ' ' + os.environ.get('SLURM_STEP_ID', 'none')); time.sleep(0.5)\"]\n\
     measurement: {energy: none, baseline: {duration_s: 0}, warmup: {prompts: 0}, thermal_floor: {max_s: 0}}\n\
     sweep:\n  n_prompts: [1, 2, 3, 4, 5, 6]\nexecution: {cycles: 1}\n\
@@ -57,10 +57,10 @@ fn a_sweep_runs_as_steps_of_one_allocation_one_gpu_each() {
 }
 
 /// Kills a coordinator a failed assertion left running (with its process group).
-struct Coordinator(Option<std::process::Child>);
+pub(crate) struct Coordinator(pub(crate) Option<std::process::Child>);
 
 impl Coordinator {
-    fn child(&mut self) -> &mut std::process::Child {
+    pub(crate) fn child(&mut self) -> &mut std::process::Child {
         self.0.as_mut().expect("running")
     }
 }
