@@ -52,7 +52,7 @@ pub fn job_gpus(spec: &ExperimentSpec, given: &[u32]) -> Vec<u32> {
 /// The GPUs of this agent's Slurm step (`SLURM_STEP_GPUS`, node indices), when the
 /// coordinator started it as one (`LLEM_SLURM_STEP`).
 fn slurm_step_gpus() -> Option<Vec<u32>> {
-    std::env::var_os("LLEM_SLURM_STEP")?;
+    std::env::var_os(llem_common::protocol::SLURM_STEP_ENV)?;
     let list = std::env::var("SLURM_STEP_GPUS").ok()?;
     let gpus: Vec<u32> = list.split(',').filter_map(|g| g.trim().parse().ok()).collect();
     (!gpus.is_empty()).then_some(gpus)

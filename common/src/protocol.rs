@@ -23,6 +23,10 @@ use crate::spec::ExperimentSpec;
 /// coordinator's `heartbeat`.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// Set by the coordinator on an agent it starts as a Slurm step: the agent measures the
+/// GPUs of its step (`SLURM_STEP_GPUS`).
+pub const SLURM_STEP_ENV: &str = "LLEM_SLURM_STEP";
+
 /// The largest frame either side accepts.
 pub const MAX_FRAME: u32 = 16 * 1024 * 1024;
 
@@ -245,37 +249,122 @@ pub enum ProtocolError {
     Version { ours: u32, theirs: u32, their_version: String, host: String },
 }
 
-/// Writes one message as a frame and flushes.
+/// Writes one message as a frame, in one write, and flushes. One write: over `srun -u` a
+/// length written apart from its body would go out as a message of its own, and the body
+/// would wait on its acknowledgement (see [`FrameReader`]).
 pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> Result<(), ProtocolError> {
-    let body = serde_json::to_vec(message)?;
-    let len =
-        u32::try_from(body.len()).ok().filter(|&l| l <= MAX_FRAME).ok_or(ProtocolError::TooLarge(body.len() as u64))?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(&body)?;
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, message)?;
+    let body = frame.len() - 4;
+    let len = u32::try_from(body).ok().filter(|&l| l <= MAX_FRAME).ok_or(ProtocolError::TooLarge(body as u64))?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&frame)?;
     w.flush()?;
     Ok(())
 }
 
-/// Reads one message; `Ok(None)` at a clean end of stream (between frames).
+/// A frame of length 0: a nudge, which carries nothing and which readers skip. The
+/// coordinator sends them over `srun` ([`FrameReader`]).
+pub const NUDGE: [u8; 4] = [0; 4];
+
+/// Reads one message, skipping nudges; `Ok(None)` at a clean end of stream (between
+/// frames).
 pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, ProtocolError> {
-    let mut len = [0u8; 4];
-    let got = read_full(r, &mut len)?;
-    if got == 0 {
-        return Ok(None);
+    read_frame_with(&mut |buf: &mut [u8], _mid_frame: bool| read_full(r, buf))
+}
+
+/// [`read_frame`] over a filling function: `fill(buf, mid_frame)` reads as much of `buf`
+/// as the stream has, waiting as needed (`mid_frame`: part of this frame has arrived).
+fn read_frame_with<T: DeserializeOwned>(
+    fill: &mut dyn FnMut(&mut [u8], bool) -> std::io::Result<usize>,
+) -> Result<Option<T>, ProtocolError> {
+    loop {
+        let mut len = [0u8; 4];
+        let got = fill(&mut len, false)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < 4 {
+            return Err(ProtocolError::Truncated { got, want: 4 });
+        }
+        let len = u32::from_be_bytes(len);
+        if len == 0 {
+            continue;
+        }
+        if len > MAX_FRAME {
+            return Err(ProtocolError::TooLarge(u64::from(len)));
+        }
+        let mut body = vec![0u8; len as usize];
+        let got = fill(&mut body, true)?;
+        if got < body.len() {
+            return Err(ProtocolError::Truncated { got, want: body.len() });
+        }
+        return Ok(Some(serde_json::from_slice(&body)?));
     }
-    if got < 4 {
-        return Err(ProtocolError::Truncated { got, want: 4 });
+}
+
+/// Reads frames from a stream whose far end may be `srun -u`, and nudges the peer when a
+/// frame stops half-way or a message needs no answer: srun holds back what it carries
+/// until acknowledged, and a nudge ([`NUDGE`]) is what carries the acknowledgement
+/// (`coordinator/src/run/srun_io.rs` tells the whole story, with its measurements). It
+/// nudges only when nothing more is readable.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: std::io::BufReader<R>,
+}
+
+impl<R: Read + std::os::fd::AsFd> FrameReader<R> {
+    pub fn new(inner: std::io::BufReader<R>) -> Self {
+        FrameReader { inner }
     }
-    let len = u32::from_be_bytes(len);
-    if len > MAX_FRAME {
-        return Err(ProtocolError::TooLarge(u64::from(len)));
+
+    /// Reads one message as [`read_frame`] does; `nudge` is called (at most once per
+    /// wait) when the stream runs dry inside a frame.
+    pub fn read<T: DeserializeOwned>(&mut self, nudge: &mut dyn FnMut()) -> Result<Option<T>, ProtocolError> {
+        let inner = &mut self.inner;
+        read_frame_with(&mut |buf: &mut [u8], mut mid_frame: bool| {
+            let mut got = 0;
+            while got < buf.len() {
+                if mid_frame && inner.buffer().is_empty() && !readable_now(inner.get_ref()) {
+                    nudge();
+                }
+                match inner.read(&mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                mid_frame = true;
+            }
+            Ok(got)
+        })
     }
-    let mut body = vec![0u8; len as usize];
-    let got = read_full(r, &mut body)?;
-    if got < body.len() {
-        return Err(ProtocolError::Truncated { got, want: body.len() });
+}
+
+impl<R: Read + std::os::fd::AsFd> FrameReader<R> {
+    /// After a message the reader will not answer at once: nudges the peer unless more is
+    /// already readable. The peer's next frame would otherwise wait on the delayed
+    /// acknowledgement of this one (two writes in a row, nothing back between).
+    pub fn settle(&mut self, nudge: &mut dyn FnMut()) {
+        if self.inner.buffer().is_empty() && !readable_now(self.inner.get_ref()) {
+            nudge();
+        }
     }
-    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+impl FromAgent {
+    /// Whether the coordinator answers this at once (`finished`: with `ack`).
+    pub fn is_answered(&self) -> bool {
+        matches!(self, FromAgent::Finished { .. })
+    }
+}
+
+/// Whether a read of `fd` would return at once (data, or the end of the stream).
+pub fn readable_now(fd: &impl std::os::fd::AsFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    // An error says nothing about the stream: no nudge, the read reports it.
+    poll(&mut fds, PollTimeout::ZERO).map_or(true, |n| n > 0)
 }
 
 /// Fills `buf` as far as the stream allows; returns how much it got (less only at its end).
@@ -341,6 +430,44 @@ mod tests {
         let text = String::from_utf8_lossy(&buf[4..]).into_owned();
         assert!(text.starts_with("{\"type\":\"failed\""), "{text}");
         assert_eq!(read_frame::<FromAgent>(&mut buf.as_slice()).expect("read"), Some(from));
+    }
+
+    #[test]
+    fn nudges_are_skipped_and_sent_only_when_a_frame_stops_half_way() {
+        let mut buf = NUDGE.to_vec();
+        write_frame(&mut buf, &ToAgent::Probe).expect("write");
+        buf.extend_from_slice(&NUDGE);
+        let mut r = buf.as_slice();
+        assert_eq!(read_frame::<ToAgent>(&mut r).expect("read"), Some(ToAgent::Probe));
+        assert_eq!(read_frame::<ToAgent>(&mut r).expect("a nudge, then the end"), None);
+
+        // Over a pipe: a frame whose second half comes later is nudged for once; a whole
+        // frame is not.
+        let (read_end, mut write_end) = std::io::pipe().expect("pipe");
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &ToAgent::Prepare { model: "m".repeat(3000) }).expect("write");
+        let (first, rest) = frame.split_at(1000);
+        write_end.write_all(first).expect("first half");
+        let (nudged_tx, nudged_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut reader = FrameReader::new(std::io::BufReader::new(read_end));
+            let mut nudges = 0;
+            let m: Option<ToAgent> = reader
+                .read(&mut || {
+                    nudges += 1;
+                    let _ = nudged_tx.send(());
+                })
+                .expect("read");
+            let whole: Option<ToAgent> = reader.read(&mut || nudges += 100).expect("read");
+            (m, whole, nudges)
+        });
+        nudged_rx.recv().expect("the reader nudged while the frame was half there");
+        write_end.write_all(rest).expect("second half");
+        write_frame(&mut write_end, &ToAgent::Probe).expect("a whole frame");
+        let (m, whole, nudges) = reader.join().expect("reader");
+        assert!(matches!(m, Some(ToAgent::Prepare { model }) if model.len() == 3000));
+        assert_eq!(whole, Some(ToAgent::Probe));
+        assert_eq!(nudges, 1);
     }
 
     #[test]

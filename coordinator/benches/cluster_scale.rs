@@ -20,15 +20,6 @@ fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// utime + stime of a process, in seconds (/proc reports USER_HZ = 100 ticks per second).
-fn cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / 100.0)
-}
-
 /// The pids of ssh processes that use llem `pid`'s control directory.
 fn ssh_clients(pid: u32) -> Vec<u32> {
     let needle = format!("llem-ssh-{pid}");
@@ -75,11 +66,11 @@ fn main() {
     let pid = child.id();
     let (mut llem_cpu, mut ssh_cpu) = (0.0, HashMap::new());
     let status = loop {
-        if let Some(c) = cpu_s(pid) {
+        if let Some(c) = common::cpu_s(pid) {
             llem_cpu = c;
         }
         for p in ssh_clients(pid) {
-            if let Some(c) = cpu_s(p) {
+            if let Some(c) = common::cpu_s(p) {
                 ssh_cpu.insert(p, c);
             }
         }

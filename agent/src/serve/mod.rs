@@ -11,6 +11,7 @@
 //! `probe` and `prepare` are answered at once, from this loop.
 
 use std::io::BufReader;
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -47,7 +48,8 @@ fn failed(out: &Out, id: AttemptId, kind: FailureKind, message: impl Into<String
 pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
     // Unlocked: after the hello, a reader thread owns it.
     let mut input = BufReader::new(std::io::stdin());
-    let out: Out = Arc::new(Mutex::new(std::io::stdout()));
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().context("cannot use stdout")?;
+    let out: Out = Arc::new(Mutex::new(std::fs::File::from(stdout)));
     let host = crate::probe::host_snapshot("").hostname;
     let ours = Hello::new(host);
     // This session's outbox: the run's own, so a resend never hands one run's result
@@ -155,7 +157,8 @@ pub fn serve(state: &Path, base_dir: &Path) -> Result<()> {
 }
 
 /// Forwards the coordinator's messages from a thread of their own, so that silence can
-/// be timed; `None` once the stream ends or breaks.
+/// be timed; `None` once the stream ends or breaks. (Nudges, which a coordinator sends
+/// over srun, are skipped by `read_frame`.)
 fn read_in_thread(mut input: BufReader<std::io::Stdin>) -> Receiver<Option<ToAgent>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || loop {

@@ -15,7 +15,9 @@ use llem_common::result::JobResult;
 use sha2::{Digest, Sha256};
 
 /// The protocol's output stream, shared by the threads that send.
-pub type Out = Arc<Mutex<std::io::Stdout>>;
+/// The protocol's output: stdout as a plain file. Not `std::io::Stdout`, whose line
+/// buffering splits a frame into two writes at any 0x0A byte of its length.
+pub type Out = Arc<Mutex<std::fs::File>>;
 
 /// Sends one message. A failed write means the coordinator is gone: the main loop sees
 /// its input end and stops; whatever was being delivered stays in the outbox.

@@ -45,3 +45,30 @@ pub fn noop_sweep(n: usize, nodes: &str) -> String {
         seeds.join(", ")
     )
 }
+
+/// utime + stime of a process, in seconds (/proc reports USER_HZ = 100 ticks per second).
+#[allow(dead_code)] // not every benchmark samples CPU
+pub fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / 100.0)
+}
+
+/// The pids of the processes whose parent is `pid`, and their command names.
+#[allow(dead_code)]
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
+            let parent: u32 = stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()?;
+            (parent == pid).then_some((p, name))
+        })
+        .collect()
+}

@@ -65,11 +65,7 @@ fn check(node: &NodeSpec, connector: &dyn Connector, deploy_only: bool) -> serde
         let probe = if deploy_only { serde_json::Value::Null } else { serde_json::to_value(probe(connector, node)?)? };
         Ok(json!({"node": node.name, "ok": true, "agent": agent, "rtt_ms": rtt.as_secs_f64() * 1000.0, "probe": probe}))
     })();
-    let mut row = outcome.unwrap_or_else(|e| json!({"node": node.name, "ok": false, "error": format!("{e:#}")}));
-    if let Transport::Slurm(target) = &node.transport {
-        row["slurm"] = partition_facts(target.allocation.partition.as_deref());
-    }
-    row
+    outcome.unwrap_or_else(|e| json!({"node": node.name, "ok": false, "error": format!("{e:#}")}))
 }
 
 /// What `sinfo` says of a partition's nodes: state, GPUs (gres) and CPUs of each.
@@ -101,9 +97,19 @@ pub fn nodes(args: &NodesArgs, deploy_only: bool) -> Result<u8, CommandError> {
     let sweep = sweep_or_error(sweep::load(&args.file))?;
     let cwd = std::env::current_dir().unwrap_or_default();
     let options = ConnectOptions::new(&cwd, args.accept_new_host_keys, None);
+    // The partition as it is before the check's own allocation changes it.
+    let slurm = sweep.nodes.iter().find_map(|n| match &n.transport {
+        Transport::Slurm(target) => Some(partition_facts(target.allocation.partition.as_deref())),
+        _ => None,
+    });
     let connectors: Vec<_> = sweep.nodes.iter().map(|n| connector_for(n, &options)).collect();
-    let rows: Vec<serde_json::Value> =
+    let mut rows: Vec<serde_json::Value> =
         sweep.nodes.iter().zip(&connectors).map(|(n, c)| check(n, c.as_ref(), deploy_only)).collect();
+    for (row, node) in rows.iter_mut().zip(&sweep.nodes) {
+        if let (Some(facts), Transport::Slurm(_)) = (&slurm, &node.transport) {
+            row["slurm"] = facts.clone();
+        }
+    }
     // After every row: a Slurm sweep's nodes share one allocation, released here.
     for c in &connectors {
         c.close();

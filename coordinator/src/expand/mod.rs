@@ -449,8 +449,23 @@ impl<'s> Placer<'s> {
                 (Device::Cuda(None), Some(g)) => g >= spec.gpu_count(),
                 (Device::Cuda(Some(i)), Some(g)) => i < g,
             })
+            // A Slurm agent step holds one GPU: a job of several cannot run in one yet.
+            .filter(|(_, n)| spec.gpu_count() <= 1 || !matches!(n.transport, crate::sweep::Transport::Slurm(_)))
             .map(|(i, _)| i as u16)
             .collect();
+        if eligible.is_empty()
+            && spec.gpu_count() > 1
+            && self.sweep.nodes.iter().any(|n| matches!(n.transport, crate::sweep::Transport::Slurm(_)))
+        {
+            return Err(Diagnostic::at(
+                span,
+                format!(
+                    "an experiment of {} GPUs cannot run on Slurm nodes yet: each agent step holds one GPU",
+                    spec.gpu_count()
+                ),
+            )
+            .with_help("use one GPU per experiment on Slurm (`gpus: 1`), or SSH nodes for jobs of several GPUs"));
+        }
         if eligible.is_empty() {
             let wanted: Vec<String> = spec.requires.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let have: Vec<String> = self

@@ -245,3 +245,12 @@ proptest! {
         prop_assert_eq!(ids, again.jobs.iter().map(|j| again.job_id(j)).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn a_job_of_several_gpus_is_refused_on_slurm_saying_why() {
+    let slurm = "nodes:\n  slurm: {partition: gpu, nodes: 1, gpus_per_node: 4}\n";
+    let sweep = sweep_from(&format!("model: m\nengine: command\ncommand: [\"true\"]\ndevice: cuda\ngpus: 2\n{slurm}"));
+    let errors = expand(&sweep).expect_err("each step holds one GPU");
+    assert!(errors[0].message.contains("2 GPUs cannot run on Slurm nodes yet"), "{}", errors[0].message);
+    assert!(expand(&sweep_from(&format!("model: m\ndevice: cuda\ngpus: 1\n{slurm}"))).is_ok());
+}

@@ -39,6 +39,7 @@ pub mod results;
 pub mod rundir;
 pub mod session;
 pub mod slurm;
+mod srun_io;
 pub mod ssh;
 
 #[cfg(test)]

@@ -14,12 +14,12 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use llem_common::protocol::SLURM_STEP_ENV as STEP_ENV;
+
 use super::connect::{agent_binary, ConnectError, Connector, Incoming, OpenRequest, Session};
 use super::session::ChildSession;
 use crate::sweep::{SlurmAllocation, SlurmNode};
 
-/// The environment variable that tells an agent it runs as a Slurm step.
-pub const STEP_ENV: &str = "LLEM_SLURM_STEP";
 /// How long a released allocation may take to leave `squeue`.
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
@@ -356,7 +356,7 @@ impl Connector for SlurmConnector {
         if self.working_dir.is_dir() {
             command.current_dir(&self.working_dir);
         }
-        Ok(Box::new(ChildSession::start(command, &request)?))
+        Ok(Box::new(ChildSession::start_over_srun(command, &request)?))
     }
 
     fn reconnect(&self) -> Result<(), ConnectError> {
