@@ -159,7 +159,8 @@ pub fn connector_for(node: &NodeSpec, options: &ConnectOptions) -> Arc<dyn Conne
 
 /// The agent binary: `$LLEM_AGENT`; else, next to this executable, `llem-agent-cuda` (the
 /// one binary for CPU and GPU nodes that `scripts/build-agent` puts there) when it exists,
-/// and `llem-agent` otherwise.
+/// and `llem-agent` otherwise. When both exist, the newer: a `cargo build` after an older
+/// `scripts/build-agent` must not leave the run with a stale agent of another protocol.
 pub fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("LLEM_AGENT") {
         return PathBuf::from(p);
@@ -167,9 +168,11 @@ pub fn agent_binary() -> PathBuf {
     let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) else {
         return PathBuf::from("llem-agent");
     };
-    let cuda = dir.join("llem-agent-cuda");
-    if cuda.is_file() {
-        return cuda;
+    let (cuda, plain) = (dir.join("llem-agent-cuda"), dir.join("llem-agent"));
+    let built = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (built(&cuda), built(&plain)) {
+        (Some(c), Some(p)) if p > c => plain,
+        (Some(_), _) => cuda,
+        _ => plain,
     }
-    dir.join("llem-agent")
 }
