@@ -523,6 +523,35 @@ pub fn timed_greedy(engine: &mut CandleEngine<'_>, ids: &[u32], n: usize) -> Res
     Ok((prefill, t1.elapsed().as_secs_f64(), tokens))
 }
 
+/// `b` copies of `ids` as one batch, greedy: seconds of the prefill (the whole batch in
+/// one forward pass) and of `n` decode steps (one forward pass of `b` tokens each). For
+/// the batched comparison in `scripts/bench-engine`.
+pub fn timed_greedy_batch(
+    engine: &mut CandleEngine<'_>,
+    ids: &[u32],
+    b: usize,
+    n: usize,
+) -> Result<(f64, f64), EngineError> {
+    let Some(Model::Decoder(m)) = engine.model.as_mut() else {
+        return Err(EngineError::Failed("a batched benchmark needs the batched decoder".to_owned()));
+    };
+    let argmax = |logits: &Tensor| -> Result<Vec<u32>, EngineError> {
+        logits.argmax(candle_core::D::Minus1).and_then(|t| t.to_vec1::<u32>()).map_err(fail("argmax"))
+    };
+    m.clear();
+    let t0 = std::time::Instant::now();
+    let positions: Vec<i64> = (0..ids.len() as i64).collect();
+    let mut next = argmax(&m.forward(&vec![ids.to_vec(); b], &vec![positions; b]).map_err(fail("prefill"))?)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    for step in 0..n {
+        let tokens: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+        let at = vec![vec![(ids.len() + step) as i64]; b];
+        next = argmax(&m.forward(&tokens, &at).map_err(fail("decode"))?)?;
+    }
+    Ok((prefill, t1.elapsed().as_secs_f64()))
+}
+
 impl CandleEngine<'_> {
     /// The generated ids for a batch of prompts (indices into the job's prompts), as one
     /// forward pass per step: used to check that batching changes no output.

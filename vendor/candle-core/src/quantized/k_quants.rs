@@ -2289,12 +2289,29 @@ pub fn matmul<T: GgmlType>(
     // f32, f16, and bf16 support direct copy
     if T::DIRECT_COPY {
         T::VecDotType::direct_copy(lhs, &mut lhs_b);
+    } else if m >= 32 {
+        // llem: a prompt's rows in parallel (a parallel region costs more than a few rows).
+        lhs_b
+            .par_chunks_mut(k_in_blocks)
+            .zip(lhs.par_chunks(k))
+            .with_min_len(8)
+            .for_each(|(lhs_b_mut, lhs)| T::VecDotType::from_float(lhs, lhs_b_mut));
     } else {
         for row_idx in 0..m {
             let lhs_b_mut = &mut lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
             let lhs = &lhs[row_idx * k..(row_idx + 1) * k];
             T::VecDotType::from_float(lhs, lhs_b_mut)
         }
+    }
+
+    if m > 1 {
+        // llem: blocked, for batches and prompts. Below, each row reads every weight once
+        // more (a batch of 8 reads the matrix 8 times) in a parallel region of its own.
+        // Here each task takes a run of columns and computes every row's dot product with
+        // them while their blocks are in cache: the weights are read once per call. The
+        // same `vec_dot` on the same quantized rows: the results are bit for bit the same.
+        matmul_blocked::<T>((m, k, n), &lhs_b, rhs_t, dst);
+        return Ok(());
     }
 
     for row_idx in 0..m {
@@ -2312,6 +2329,40 @@ pub fn matmul<T: GgmlType>(
             });
     }
     Ok(())
+}
+
+/// llem: [`matmul`] for `m > 1` rows already quantized (`lhs_b`), blocked over columns.
+fn matmul_blocked<T: GgmlType>(
+    (m, k, n): (usize, usize, usize),
+    lhs_b: &[T::VecDotType],
+    rhs_t: &[T],
+    dst: &mut [f32],
+) {
+    /// Rows per pass over a task's columns: their quantized blocks stay in cache too.
+    const ROWS: usize = 16;
+    let k_in_blocks = k.div_ceil(T::BLCK_SIZE);
+    // Enough tasks to balance the threads, few enough that each is worth its scheduling.
+    let cols = n.div_ceil(4 * rayon::current_num_threads()).clamp(4, 256);
+    // Column-major, so that each task owns a contiguous slice; transposed at the end.
+    let mut dst_t = vec![0f32; n * m];
+    dst_t.par_chunks_mut(cols * m).enumerate().for_each(|(task, out)| {
+        let first = task * cols;
+        for r0 in (0..m).step_by(ROWS) {
+            let r1 = (r0 + ROWS).min(m);
+            for (j, out_col) in out.chunks_mut(m).enumerate() {
+                let c = first + j;
+                let rhs_col = &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
+                for r in r0..r1 {
+                    out_col[r] = T::vec_dot(k, rhs_col, &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks]);
+                }
+            }
+        }
+    });
+    dst.par_chunks_mut(n).with_min_len(4).enumerate().for_each(|(r, dst_row)| {
+        for (c, d) in dst_row.iter_mut().enumerate() {
+            *d = dst_t[c * m + r];
+        }
+    });
 }
 
 pub fn matmul_f16<T: GgmlType>(
