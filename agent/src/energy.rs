@@ -21,6 +21,44 @@ pub fn integrate_power(samples: &[Sample], d: usize, t0: f64, t1: f64) -> Option
     Some(joules)
 }
 
+/// A stretch of a window in which the energy counter went unread for longer than it takes
+/// to wrap at the power seen: it may have wrapped more than once, and one wrap cannot be
+/// told from two, so the energy may be low.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CounterGap {
+    pub gap_s: f64,
+    /// Where the gap began, in seconds into the window.
+    pub at_s: f64,
+    pub wrap_period_s: f64,
+    pub watts: f64,
+}
+
+/// The longest unread stretch of `[t0, t1]` (the samples, and the window's own first and
+/// last readings at its edges), when it exceeds the counter's wrap period at the window's
+/// median power; `range_j` is what the counter holds before it wraps.
+pub fn counter_gap(samples: &[Sample], t0: f64, t1: f64, range_j: f64) -> Option<CounterGap> {
+    let mut times: Vec<f64> = samples.iter().map(|s| s.t).filter(|t| *t > t0 && *t < t1).collect();
+    times.push(t0);
+    times.push(t1);
+    times.sort_by(f64::total_cmp);
+    // The median of the power seen: the one stretch that missed wraps reads low, and a
+    // few readings microseconds apart (a sampler catching up) read absurdly high.
+    let mut powers: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.t >= t0 && s.t <= t1)
+        .filter_map(|s| s.readings.iter().map(|r| r.power_w).sum::<Option<f64>>())
+        .filter(|p| p.is_finite())
+        .collect();
+    powers.sort_by(f64::total_cmp);
+    let watts = powers.get(powers.len() / 2).copied().unwrap_or(0.0);
+    if watts <= 0.0 || range_j <= 0.0 {
+        return None;
+    }
+    let wrap_period_s = range_j / watts;
+    let (at, gap) = times.windows(2).map(|w| (w[0], w[1] - w[0])).max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (gap > wrap_period_s).then_some(CounterGap { gap_s: gap, at_s: at - t0, wrap_period_s, watts })
+}
+
 /// Sum over devices of `f`, or `None` when any device lacks it.
 pub fn sum_devices(n: usize, f: impl Fn(usize) -> Option<f64>) -> Option<f64> {
     (0..n).map(f).sum()
@@ -77,6 +115,22 @@ mod tests {
 
     fn s(t: f64, p: f64) -> Sample {
         Sample { t, readings: vec![DeviceReading { power_w: Some(p), ..DeviceReading::default() }] }
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_wrap_period_is_found_and_a_short_one_is_not() {
+        // 50 W into a 200 J counter: it wraps every 4 s. Sampled at 10 Hz but for 3 → 9 s.
+        let samples: Vec<Sample> =
+            (0..=100).map(|i| f64::from(i) / 10.0).filter(|t| *t <= 3.0 || *t >= 9.0).map(|t| s(t, 50.0)).collect();
+        let gap = counter_gap(&samples, 0.0, 10.0, 200.0).expect("a 6 s gap");
+        assert!((gap.gap_s - 6.0).abs() < 1e-9 && (gap.at_s - 3.0).abs() < 1e-9, "{gap:?}");
+        assert!((gap.wrap_period_s - 4.0).abs() < 1e-9 && (gap.watts - 50.0).abs() < 1e-9, "{gap:?}");
+        // The same gap with a counter that takes 8 s to wrap, or no gap at all: nothing.
+        assert_eq!(counter_gap(&samples, 0.0, 10.0, 400.0), None);
+        let every: Vec<Sample> = (0..=100).map(|i| s(f64::from(i) / 10.0, 50.0)).collect();
+        assert_eq!(counter_gap(&every, 0.0, 10.0, 200.0), None);
+        // No power seen: no wrap to miss.
+        assert_eq!(counter_gap(&[s(5.0, 0.0)], 0.0, 10.0, 200.0), None);
     }
 
     #[test]

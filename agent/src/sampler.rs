@@ -28,6 +28,10 @@ pub trait Meter {
     /// Stops recording; returns the samples, with power filled in from energy counters
     /// for sensors that only count energy (RAPL).
     fn stop(&mut self) -> Vec<Sample>;
+    /// See [`Sensor::wrap_range_j`].
+    fn wrap_range_j(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Fills `power_w` from consecutive energy readings where a sensor has no power reading.
@@ -155,6 +159,10 @@ impl<C: Clock> Meter for ThreadedMeter<C> {
 
     fn read_now(&mut self) -> Sample {
         read(&self.sensor, self.clock.as_ref())
+    }
+
+    fn wrap_range_j(&self) -> Option<f64> {
+        self.with_sensor(|s| s.wrap_range_j())
     }
 
     fn start(&mut self, hz: f64) {

@@ -60,6 +60,16 @@ pub fn energy_sources_disagree(counter_j: f64, integrated_j: f64) -> Warning {
     }
 }
 
+pub fn counter_gap(gap: &crate::energy::CounterGap) -> Warning {
+    Warning {
+        code: "counter_gap".to_owned(),
+        message: format!(
+            "the energy counter went unread for {:.1} s ({:.1} s into the window), longer than it takes to wrap at the {:.0} W of the window ({:.1} s): it may have wrapped more than once, so the energy is uncertain and may be low; the sampler stalled (a loaded or suspended node)",
+            gap.gap_s, gap.at_s, gap.watts, gap.wrap_period_s
+        ),
+    }
+}
+
 pub fn thermal_throttling(samples: usize) -> Warning {
     Warning {
         code: "thermal_throttling".to_owned(),

@@ -57,6 +57,12 @@ pub trait Sensor: Send {
     fn devices(&self) -> &[SensedDevice];
     /// One reading per device, in [`Sensor::devices`] order.
     fn read(&mut self) -> Vec<DeviceReading>;
+    /// The energy its counter holds before it wraps (the smallest of its counters'), when
+    /// it wraps within a job's lifetime: read less often than that takes, a wrap can be
+    /// missed. `None`: no counter, or one that never wraps in practice (NVML's is 64-bit mJ).
+    fn wrap_range_j(&self) -> Option<f64> {
+        None
+    }
     /// Provenance of the GPUs (empty for CPU sensors).
     fn gpu_info(&self) -> Vec<GpuInfo> {
         Vec::new()

@@ -100,6 +100,10 @@ impl Sensor for RaplSensor {
         &self.devices
     }
 
+    fn wrap_range_j(&self) -> Option<f64> {
+        self.zones.iter().map(|z| z.range_uj as f64 / 1e6).reduce(f64::min)
+    }
+
     fn read(&mut self) -> Vec<DeviceReading> {
         let mut ok = true;
         for zone in &mut self.zones {

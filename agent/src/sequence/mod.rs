@@ -167,6 +167,9 @@ where
 
     let mut warnings: Vec<Warning> = Vec::new();
     let energy = energy_of(meter.kind(), &samples, &start, &end, duration_s, baseline.power_w, &mut warnings, ctx);
+    if let Some(gap) = meter.wrap_range_j().and_then(|range| energy::counter_gap(&samples, t0, t1, range)) {
+        warnings.push(warnings::counter_gap(&gap));
+    }
     let tokens = Tokens {
         input: requests.iter().map(|r| r.input_tokens).sum(),
         output: requests.iter().map(|r| r.output_tokens).sum(),

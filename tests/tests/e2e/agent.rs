@@ -507,3 +507,68 @@ fn a_served_agent_stops_when_its_coordinator_falls_silent_and_not_before() {
     let said = std::fs::read_to_string(&log).expect("log");
     assert!(said.contains("no word from the coordinator for 1 s"), "{said}");
 }
+
+#[test]
+fn a_sampler_stalled_past_a_counter_wrap_is_reported_never_silent() {
+    use llem_common::protocol::{read_frame, write_frame, AttemptId, FromAgent, Hello, Phase, ToAgent};
+    // 40 W into a 100 J counter: it wraps every 2.5 s.
+    let (watts, range_j) = (40.0, 100.0);
+    let job = Job::new("");
+    let rapl = FakeRapl::start_at(watts, range_j, 0.0);
+    let mut agent = Command::new(binary("llem-agent"))
+        .args(["serve", "--stdio", "--state-dir"])
+        .arg(job.path("state"))
+        .env("LLEM_POWERCAP_ROOT", &rapl.root)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let mut input = agent.stdin.take().expect("stdin");
+    let mut output = BufReader::new(agent.stdout.take().expect("stdout"));
+    write_frame(&mut input, &ToAgent::Hello(Hello::new("test").for_run("stall"))).expect("hello");
+    let spec = llem_common::spec::experiment_from_yaml(
+        "job",
+        &format!("{SYNTHETIC}n_prompts: 40\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\n"),
+    )
+    .unwrap_or_else(|(_, d)| panic!("{d:?}"));
+    let id = AttemptId { job_id: "0123456789abcdef-c1".into(), attempt: 1 };
+    write_frame(&mut input, &ToAgent::Run { id, spec: Box::new(spec), gpus: Vec::new() }).expect("run");
+    let (mut measuring, mut stalled) = (false, false);
+    let result = loop {
+        match read_frame::<FromAgent>(&mut output).expect("a frame") {
+            Some(FromAgent::Phase { phase: Phase::Measuring, .. }) => measuring = true,
+            // Live power comes from the sampler once the window is open (no baseline here).
+            Some(FromAgent::Sample { .. }) if measuring && !stalled => {
+                // The whole agent stopped for three wrap periods, as a node too loaded to
+                // schedule it (or suspended) stops it; the counter goes on. The wait is the
+                // stall itself, not a synchronisation.
+                let pid = agent.id().to_string();
+                assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+                let resumed = Instant::now() + Duration::from_secs_f64(3.0 * range_j / watts);
+                while Instant::now() < resumed {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+                stalled = true;
+            }
+            Some(FromAgent::Finished { result, .. }) => break result,
+            Some(FromAgent::Failed { message, .. }) => panic!("the job failed: {message}"),
+            Some(_) => {}
+            None => panic!("the agent ended before the job did"),
+        }
+    };
+    drop(rapl);
+    write_frame(&mut input, &ToAgent::Shutdown).expect("bye");
+    let _ = agent.wait();
+    let gap = result.warnings.iter().find(|w| w.code == "counter_gap");
+    let gap = gap.unwrap_or_else(|| {
+        panic!(
+            "a counter_gap warning: {:?}; energy {:?}; {:.2} s; stalled {stalled}",
+            result.warnings, result.energy, result.duration_s
+        )
+    });
+    assert!(gap.message.contains("went unread for"), "{}", gap.message);
+    eprintln!("{}: energy {:?} J over {:.2} s", gap.message, result.energy.total_j, result.duration_s);
+}
