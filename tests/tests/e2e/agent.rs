@@ -345,35 +345,76 @@ fn probe_reports_sources_and_reasons() {
     assert_eq!(report["node"]["agent_version"], env!("CARGO_PKG_VERSION"));
 }
 
+/// `llem-agent serve --stdio` against a fake RAPL tree, hello said, running one synthetic
+/// job of `n_prompts` × 100 tokens. Dropped, it is continued (a test may have stopped it)
+/// and killed, so a failed assertion leaves no agent behind.
+struct ServedAgent {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl ServedAgent {
+    fn run_synthetic(job: &Job, rapl: &FakeRapl, run: &str, n_prompts: u32) -> ServedAgent {
+        use llem_common::protocol::{write_frame, AttemptId, Hello, ToAgent};
+        let mut child = Command::new(binary("llem-agent"))
+            .args(["serve", "--stdio", "--state-dir"])
+            .arg(job.path("state"))
+            .env("LLEM_POWERCAP_ROOT", &rapl.root)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent");
+        let mut input = child.stdin.take().expect("stdin");
+        let output = BufReader::new(child.stdout.take().expect("stdout"));
+        write_frame(&mut input, &ToAgent::Hello(Hello::new("test").for_run(run))).expect("hello");
+        let spec = llem_common::spec::experiment_from_yaml(
+            "job",
+            &format!("{SYNTHETIC}n_prompts: {n_prompts}\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\n"),
+        )
+        .unwrap_or_else(|(_, d)| panic!("{d:?}"));
+        let id = AttemptId { job_id: "0123456789abcdef-c1".into(), attempt: 1 };
+        write_frame(&mut input, &ToAgent::Run { id, spec: Box::new(spec), gpus: Vec::new() }).expect("run");
+        ServedAgent { child, input, output }
+    }
+
+    fn next(&mut self) -> Option<llem_common::protocol::FromAgent> {
+        llem_common::protocol::read_frame(&mut self.output).expect("a frame")
+    }
+
+    fn signal(&self, sig: &str) {
+        let sent = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill");
+        assert!(sent.success(), "kill {sig}");
+    }
+
+    fn shutdown(mut self) {
+        let _ = llem_common::protocol::write_frame(&mut self.input, &llem_common::protocol::ToAgent::Shutdown);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServedAgent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
 fn a_served_job_reports_live_power_about_once_a_second() {
-    use llem_common::protocol::{read_frame, write_frame, AttemptId, FromAgent, Hello, ToAgent};
+    use llem_common::protocol::FromAgent;
     let watts = 35.0;
     let job = Job::new("");
     let rapl = FakeRapl::start(watts, 1e6);
-    let mut agent = Command::new(binary("llem-agent"))
-        .args(["serve", "--stdio", "--state-dir"])
-        .arg(job.path("state"))
-        .env("LLEM_POWERCAP_ROOT", &rapl.root)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent");
-    let mut input = agent.stdin.take().expect("stdin");
-    let mut output = BufReader::new(agent.stdout.take().expect("stdout"));
-    write_frame(&mut input, &ToAgent::Hello(Hello::new("test").for_run("live-power"))).expect("hello");
-    let spec = llem_common::spec::experiment_from_yaml(
-        "job",
-        &format!("{SYNTHETIC}n_prompts: 18\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\n"),
-    )
-    .unwrap_or_else(|(_, d)| panic!("{d:?}"));
-    let id = AttemptId { job_id: "0123456789abcdef-c1".into(), attempt: 1 };
-    write_frame(&mut input, &ToAgent::Run { id: id.clone(), spec: Box::new(spec), gpus: Vec::new() }).expect("run");
+    let mut agent = ServedAgent::run_synthetic(&job, &rapl, "live-power", 18);
     let mut samples = Vec::new();
     let duration = loop {
-        match read_frame::<FromAgent>(&mut output).expect("a frame") {
+        match agent.next() {
             Some(FromAgent::Sample { power_w, .. }) => samples.push(power_w),
             Some(FromAgent::Finished { result, .. }) => break result.duration_s,
             Some(FromAgent::Failed { message, .. }) => panic!("the job failed: {message}"),
@@ -382,8 +423,7 @@ fn a_served_job_reports_live_power_about_once_a_second() {
         }
     };
     drop(rapl);
-    write_frame(&mut input, &ToAgent::Shutdown).expect("bye");
-    let _ = agent.wait();
+    agent.shutdown();
     eprintln!("{} live samples over a {duration:.2} s window: {samples:?}", samples.len());
     assert!(samples.len() >= 2 && samples.len() as f64 <= duration + 1.0, "{} samples in {duration} s", samples.len());
     for w in &samples {
@@ -510,47 +550,27 @@ fn a_served_agent_stops_when_its_coordinator_falls_silent_and_not_before() {
 
 #[test]
 fn a_sampler_stalled_past_a_counter_wrap_is_reported_never_silent() {
-    use llem_common::protocol::{read_frame, write_frame, AttemptId, FromAgent, Hello, Phase, ToAgent};
+    use llem_common::protocol::{FromAgent, Phase};
     // 40 W into a 100 J counter: it wraps every 2.5 s.
     let (watts, range_j) = (40.0, 100.0);
     let job = Job::new("");
     let rapl = FakeRapl::start_at(watts, range_j, 0.0);
-    let mut agent = Command::new(binary("llem-agent"))
-        .args(["serve", "--stdio", "--state-dir"])
-        .arg(job.path("state"))
-        .env("LLEM_POWERCAP_ROOT", &rapl.root)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent");
-    let mut input = agent.stdin.take().expect("stdin");
-    let mut output = BufReader::new(agent.stdout.take().expect("stdout"));
-    write_frame(&mut input, &ToAgent::Hello(Hello::new("test").for_run("stall"))).expect("hello");
-    let spec = llem_common::spec::experiment_from_yaml(
-        "job",
-        &format!("{SYNTHETIC}n_prompts: 40\nmax_output_tokens: 100\nmeasurement: {{baseline: {{duration_s: 0}}, warmup: {{prompts: 0}}, thermal_floor: {{max_s: 0}}}}\n"),
-    )
-    .unwrap_or_else(|(_, d)| panic!("{d:?}"));
-    let id = AttemptId { job_id: "0123456789abcdef-c1".into(), attempt: 1 };
-    write_frame(&mut input, &ToAgent::Run { id, spec: Box::new(spec), gpus: Vec::new() }).expect("run");
+    let mut agent = ServedAgent::run_synthetic(&job, &rapl, "stall", 40);
     let (mut measuring, mut stalled) = (false, false);
     let result = loop {
-        match read_frame::<FromAgent>(&mut output).expect("a frame") {
+        match agent.next() {
             Some(FromAgent::Phase { phase: Phase::Measuring, .. }) => measuring = true,
             // Live power comes from the sampler once the window is open (no baseline here).
             Some(FromAgent::Sample { .. }) if measuring && !stalled => {
                 // The whole agent stopped for three wrap periods, as a node too loaded to
                 // schedule it (or suspended) stops it; the counter goes on. The wait is the
                 // stall itself, not a synchronisation.
-                let pid = agent.id().to_string();
-                assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+                agent.signal("-STOP");
                 let resumed = Instant::now() + Duration::from_secs_f64(3.0 * range_j / watts);
                 while Instant::now() < resumed {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+                agent.signal("-CONT");
                 stalled = true;
             }
             Some(FromAgent::Finished { result, .. }) => break result,
@@ -560,8 +580,7 @@ fn a_sampler_stalled_past_a_counter_wrap_is_reported_never_silent() {
         }
     };
     drop(rapl);
-    write_frame(&mut input, &ToAgent::Shutdown).expect("bye");
-    let _ = agent.wait();
+    agent.shutdown();
     let gap = result.warnings.iter().find(|w| w.code == "counter_gap");
     let gap = gap.unwrap_or_else(|| {
         panic!(

@@ -25,6 +25,17 @@ fn results_per_job(run: &Path) -> Vec<usize> {
         .unwrap_or_default()
 }
 
+/// `llem resume RUN` against the cluster; it must exit 0. Returns its stderr.
+fn resume(dir: &Path, slurm: &llem_tests::slurm::SlurmCluster, run: &Path) -> String {
+    let out = llem_in(dir, &["resume", &run.display().to_string()])
+        .env("SLURM_CONF", &slurm.conf)
+        .output()
+        .expect("llem resume");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    stderr
+}
+
 fn wait_for(what: &str, within: Duration, ready: impl Fn() -> bool) {
     let start = Instant::now();
     while !ready() {
@@ -69,12 +80,7 @@ fn a_killed_coordinators_steps_stop_by_themselves_and_resume_runs_each_job_once(
     let run = first_run_dir(dir.path()).expect("run dir");
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
     assert!(journal.contains(r#""event":"allocated""#), "the allocation is journaled: {journal}");
-    let out = llem_in(dir.path(), &["resume", &run.display().to_string()])
-        .env("SLURM_CONF", &slurm.conf)
-        .output()
-        .expect("llem resume");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stderr = resume(dir.path(), &slurm, &run);
     assert!(stderr.contains("which an earlier run of this directory left behind"), "{stderr}");
     let per_job = results_per_job(&run);
     assert_eq!(per_job, vec![1; 6], "every job has exactly one result\n{stderr}");
@@ -106,12 +112,7 @@ fn an_allocation_that_reaches_its_time_limit_stops_the_run_and_resume_finishes_i
     assert!(journal.contains(r#""event":"stopped""#), "{journal}");
     assert!(!journal.contains(r#""retryable":false"#), "no job is failed for good: {journal}");
 
-    let out = llem_in(dir.path(), &["resume", &run.display().to_string()])
-        .env("SLURM_CONF", &slurm.conf)
-        .output()
-        .expect("llem resume");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stderr = resume(dir.path(), &slurm, &run);
     assert_eq!(results_per_job(&run), vec![1; 8], "every job has exactly one result\n{stderr}");
     let left = slurm.wait_until_empty(Duration::from_secs(30));
     assert!(left.is_empty(), "{left:?}");
