@@ -73,17 +73,218 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
         n.is_multiple_of(QK8_0),
         "vec_dot_q8_0_q8_0: {n} is not divisible by {QK8_0}"
     );
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
-            let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            let q = mul_sum_i8_pairs_float(bx, by);
-            acc = _mm256_fmadd_ps(d, q, acc);
-        }
-        hsum_float_8(acc)
+    vec_dot_q8_0_q8_0_tile([xs], [ys])[0][0]
+}
+
+// llem: the Q8_0 × Q8_0 kernels below are llem's (see vendor/README.md). Gemma's output
+// head is a 262,144 × 640 Q8_0 matrix and took 63–76 % of a decode step in candle's one-row
+// kernel: one dependency chain per dot product, the activation block loaded again for every
+// weight row, and the weights waiting on DRAM. These compute a tile of weight rows against
+// activation rows (4 × 1 for one sequence, 4 × 4 for a batch): each block is loaded once per
+// tile, the chains are independent, the weights are prefetched, and where the CPU has VNNI
+// each group of four byte products is multiplied and summed in one `vpdpbusd`.
+//
+// Every variant gives each dot product exactly the one-row kernel's result: each of the 8
+// lanes holds the same integer (Q8_0 values lie in -127..=127, so `maddubs` never
+// saturates), is scaled by the same `dx * dy` and accumulated block by block in the same
+// order, and summed by the same `hsum_float_8`. The agent's tests pin the variants against
+// each other and against the scalar path.
+
+/// Dot products of `W` Q8_0 weight rows with each of `A` Q8_0 activation rows, as
+/// `[activation][weight]`; every one equals the one-row kernel's.
+#[inline]
+pub(crate) fn vec_dot_q8_0_q8_0_tile<const W: usize, const A: usize>(
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+) -> [[f32; W]; A] {
+    // SAFETY: the kind was detected on this CPU.
+    unsafe { tile_by(q8_dot_kind(), ws, acts) }
+}
+
+/// [`vec_dot_q8_0_q8_0_tile`] through a given kernel (public for llem's tests, which pin
+/// the kernels against each other).
+///
+/// # Panics
+/// If `kind` is not among [`q8_dot_kinds_here`].
+pub fn vec_dot_q8_0_q8_0_tile_as<const W: usize, const A: usize>(
+    kind: Q8DotKind,
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+) -> [[f32; W]; A] {
+    assert!(q8_dot_kinds_here().contains(&kind), "this CPU cannot run the {kind:?} kernel");
+    // SAFETY: checked just above.
+    unsafe { tile_by(kind, ws, acts) }
+}
+
+/// # Safety
+/// The CPU must have `kind`'s features.
+#[inline(always)]
+unsafe fn tile_by<const W: usize, const A: usize>(
+    kind: Q8DotKind,
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+) -> [[f32; W]; A] {
+    match kind {
+        Q8DotKind::AvxVnni => tile_avx_vnni(ws, acts),
+        Q8DotKind::Avx512Vnni => tile_avx512_vnni(ws, acts),
+        Q8DotKind::Avx2 => tile_avx2(ws, acts),
     }
+}
+
+/// The Q8_0 kernels, fastest first as measured on the demo model (docs/performance.md):
+/// the VEX-encoded AVX-VNNI one ran 8–15 % faster than the same instructions EVEX-encoded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Q8DotKind {
+    AvxVnni,
+    Avx512Vnni,
+    Avx2,
+}
+
+fn has_avx512_vnni() -> bool {
+    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+}
+
+/// The kernels this CPU can run, fastest first.
+pub fn q8_dot_kinds_here() -> Vec<Q8DotKind> {
+    let mut kinds = Vec::new();
+    if is_x86_feature_detected!("avxvnni") {
+        kinds.push(Q8DotKind::AvxVnni);
+    }
+    if has_avx512_vnni() {
+        kinds.push(Q8DotKind::Avx512Vnni);
+    }
+    kinds.push(Q8DotKind::Avx2);
+    kinds
+}
+
+/// The kernel used, detected once (the crate is built for AVX2 only): the fastest here,
+/// or the one named by `LLEM_Q8_DOT` (`avxvnni`, `avx512vnni`, `avx2`) if this CPU runs it.
+fn q8_dot_kind() -> Q8DotKind {
+    use std::sync::OnceLock;
+    static KIND: OnceLock<Q8DotKind> = OnceLock::new();
+    *KIND.get_or_init(|| {
+        let here = q8_dot_kinds_here();
+        let named = std::env::var("LLEM_Q8_DOT").ok();
+        here.iter()
+            .copied()
+            .find(|k| Some(format!("{k:?}").to_lowercase()) == named)
+            .unwrap_or(here[0])
+    })
+}
+
+/// How far ahead each weight row's loads are prefetched: the same block of the row this
+/// many rows on (the rows are contiguous). Measured on the demo model (k = 640, 20 blocks a
+/// row) with 4-row groups: 8 rows beats 1, 2, 6, 12 and 16 by 5–60 %.
+const PREFETCH_ROWS_AHEAD: usize = 8;
+
+/// The body shared by the variants: `dot(ax, sy)` sums each lane's four byte products.
+/// The tile's accumulators live in registers: 4 × 4 needs AVX-512's 32 (`ymm16`–`ymm31`).
+#[inline(always)]
+unsafe fn q8_0_tile<const W: usize, const A: usize>(
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+    dot: impl Fn(__m256i, __m256i) -> __m256i,
+) -> [[f32; W]; A] {
+    let nb = acts.iter().map(|a| a.len()).min().unwrap_or(0);
+    for w in ws {
+        assert!(w.len() >= nb, "a weight row is shorter than the activation row");
+    }
+    let mut acc = [[_mm256_setzero_ps(); W]; A];
+    for b in 0..nb {
+        // SAFETY (all `get_unchecked`): b < nb <= every row's length, asserted above.
+        let wx = ws.map(|w| w.get_unchecked(b));
+        let bx = wx.map(|x| _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i));
+        let ax = bx.map(|bx| _mm256_sign_epi8(bx, bx));
+        let dx = wx.map(|x| _mm256_set1_ps(f16::to_f32(x.d)));
+        for x in wx {
+            // The rows stream from memory (the head is 178 MB) in an order the hardware
+            // prefetcher does not foresee: `perf annotate` showed each group's loads waiting
+            // on DRAM. A prefetch never faults, so running past the matrix is harmless.
+            let ahead = (x as *const BlockQ8_0).wrapping_add(PREFETCH_ROWS_AHEAD * nb);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        }
+        for (acc, act) in acc.iter_mut().zip(acts) {
+            let y = act.get_unchecked(b);
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let dy = _mm256_set1_ps(f16::to_f32(y.d));
+            for i in 0..W {
+                let sy = _mm256_sign_epi8(by, bx[i]);
+                let q = _mm256_cvtepi32_ps(dot(ax[i], sy));
+                // The same product as the one-row kernel's scalar `dx * dy`, in every lane.
+                let d = _mm256_mul_ps(dx[i], dy);
+                acc[i] = _mm256_fmadd_ps(d, q, acc[i]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|a| hsum_float_8(a)))
+}
+
+/// [`q8_0_tile`] for CPUs with VNNI, whose `vpdpbusd` multiplies unsigned by signed
+/// bytes and adds into 32-bit lanes without saturating. Instead of the sign trick (two
+/// `vpsignb` and a multiply per pair of rows) the weights are offset once to unsigned,
+/// `x + 128`, and each lane starts from `-128 × Σy` of its activation bytes:
+/// `Σ (x + 128)·y − 128·Σy = Σ x·y`, the same integer, so the same result, in one
+/// instruction per pair.
+#[inline(always)]
+unsafe fn q8_0_tile_vnni<const W: usize, const A: usize>(
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+    dpbusd: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> [[f32; W]; A] {
+    let nb = acts.iter().map(|a| a.len()).min().unwrap_or(0);
+    for w in ws {
+        assert!(w.len() >= nb, "a weight row is shorter than the activation row");
+    }
+    let offset = _mm256_set1_epi8(-128);
+    let mut acc = [[_mm256_setzero_ps(); W]; A];
+    for b in 0..nb {
+        // SAFETY (all `get_unchecked`): b < nb <= every row's length, asserted above.
+        let wx = ws.map(|w| w.get_unchecked(b));
+        let xu = wx.map(|x| _mm256_xor_si256(_mm256_loadu_si256(x.qs.as_ptr() as *const __m256i), offset));
+        let dx = wx.map(|x| _mm256_set1_ps(f16::to_f32(x.d)));
+        for x in wx {
+            // See `q8_0_tile`.
+            let ahead = (x as *const BlockQ8_0).wrapping_add(PREFETCH_ROWS_AHEAD * nb);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        }
+        for (acc, act) in acc.iter_mut().zip(acts) {
+            let y = act.get_unchecked(b);
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let dy = _mm256_set1_ps(f16::to_f32(y.d));
+            let start = _mm256_sub_epi32(_mm256_setzero_si256(), dpbusd(_mm256_setzero_si256(), offset, by));
+            for i in 0..W {
+                let q = _mm256_cvtepi32_ps(dpbusd(start, xu[i], by));
+                let d = _mm256_mul_ps(dx[i], dy);
+                acc[i] = _mm256_fmadd_ps(d, q, acc[i]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|a| hsum_float_8(a)))
+}
+
+#[target_feature(enable = "avx512vnni,avx512vl")]
+unsafe fn tile_avx512_vnni<const W: usize, const A: usize>(
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+) -> [[f32; W]; A] {
+    q8_0_tile_vnni(ws, acts, |src, u, s| _mm256_dpbusd_epi32(src, u, s))
+}
+
+#[target_feature(enable = "avxvnni")]
+unsafe fn tile_avx_vnni<const W: usize, const A: usize>(
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+) -> [[f32; W]; A] {
+    q8_0_tile_vnni(ws, acts, |src, u, s| _mm256_dpbusd_avx_epi32(src, u, s))
+}
+
+unsafe fn tile_avx2<const W: usize, const A: usize>(
+    ws: [&[BlockQ8_0]; W],
+    acts: [&[BlockQ8_0]; A],
+) -> [[f32; W]; A] {
+    q8_0_tile(ws, acts, |ax, sy| {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+    })
 }
 
 #[inline(always)]

@@ -52,6 +52,23 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
 
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
+
+    /// llem: the dot products of four weight rows with one activation row, each equal to
+    /// its own [`GgmlType::vec_dot`]. Types with a kernel that shares the activation's
+    /// loads across the rows override it.
+    fn vec_dot_4(n: usize, xs: [&[Self]; 4], ys: &[Self::VecDotType]) -> [f32; 4] {
+        xs.map(|x| Self::vec_dot(n, x, ys))
+    }
+
+    /// llem: [`GgmlType::vec_dot_4`] for each of four activation rows, as
+    /// `[activation][weight]`.
+    fn vec_dot_4x4(n: usize, xs: [&[Self]; 4], ys: [&[Self::VecDotType]; 4]) -> [[f32; 4]; 4] {
+        ys.map(|y| Self::vec_dot_4(n, xs, y))
+    }
+
+    /// llem: whether [`GgmlType::vec_dot_4`] and [`GgmlType::vec_dot_4x4`] are faster than
+    /// separate dot products, so the matmul should arrange its work for them.
+    const HAS_TILES: bool = false;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -643,6 +660,21 @@ impl GgmlType for BlockQ8_0 {
                 *y = f32::round(x * id) as i8
             }
         }
+    }
+
+    #[cfg(target_feature = "avx2")]
+    const HAS_TILES: bool = true;
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_4(n: usize, xs: [&[Self]; 4], ys: &[Self::VecDotType]) -> [f32; 4] {
+        debug_assert!(n.is_multiple_of(QK8_0));
+        super::avx::vec_dot_q8_0_q8_0_tile(xs, [&ys[..n / QK8_0]])[0]
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_4x4(n: usize, xs: [&[Self]; 4], ys: [&[Self::VecDotType]; 4]) -> [[f32; 4]; 4] {
+        debug_assert!(n.is_multiple_of(QK8_0));
+        super::avx::vec_dot_q8_0_q8_0_tile(xs, ys.map(|y| &y[..n / QK8_0]))
     }
 
     #[allow(unreachable_code)]
@@ -2314,21 +2346,36 @@ pub fn matmul<T: GgmlType>(
         return Ok(());
     }
 
-    for row_idx in 0..m {
-        let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-        let dst_row = &mut dst[row_idx * n..(row_idx + 1) * n];
-
-        dst_row
-            .into_par_iter()
-            .enumerate()
-            .with_min_len(128)
-            .with_max_len(512)
-            .for_each(|(col_idx, dst)| {
-                let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                *dst = T::vec_dot(k, rhs_col, lhs_row);
-            });
-    }
+    // llem: one row, four columns at a time (`vec_dot_4`).
+    let lhs_row = &lhs_b[..k_in_blocks];
+    let col = |c: usize| &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
+    dst[..n]
+        .par_chunks_mut(4)
+        .enumerate()
+        .with_min_len(32)
+        .with_max_len(128)
+        .for_each(|(group, dst)| dot_columns::<T>(k, group * 4, dst, &col, lhs_row));
     Ok(())
+}
+
+/// llem: `dst[j]` = the dot product of column `first + j` with `lhs_row`, for up to four
+/// columns: a full four through [`GgmlType::vec_dot_4`].
+#[inline]
+fn dot_columns<'a, T: GgmlType + 'a>(
+    k: usize,
+    first: usize,
+    dst: &mut [f32],
+    col: &impl Fn(usize) -> &'a [T],
+    lhs_row: &[T::VecDotType],
+) {
+    if let [d0, d1, d2, d3] = dst {
+        let c = first;
+        [*d0, *d1, *d2, *d3] = T::vec_dot_4(k, [col(c), col(c + 1), col(c + 2), col(c + 3)], lhs_row);
+    } else {
+        for (j, d) in dst.iter_mut().enumerate() {
+            *d = T::vec_dot(k, col(first + j), lhs_row);
+        }
+    }
 }
 
 /// llem: [`matmul`] for `m > 1` rows already quantized (`lhs_b`), blocked over columns.
@@ -2341,26 +2388,52 @@ fn matmul_blocked<T: GgmlType>(
     /// Rows per pass over a task's columns: their quantized blocks stay in cache too.
     const ROWS: usize = 16;
     let k_in_blocks = k.div_ceil(T::BLCK_SIZE);
+    let col = |c: usize| &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
+    let lhs_row = |r: usize| &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks];
     // Enough tasks to balance the threads, few enough that each is worth its scheduling.
     let cols = n.div_ceil(4 * rayon::current_num_threads()).clamp(4, 256);
-    // Column-major, so that each task owns a contiguous slice; transposed at the end.
-    let mut dst_t = vec![0f32; n * m];
-    dst_t.par_chunks_mut(cols * m).enumerate().for_each(|(task, out)| {
-        let first = task * cols;
+    // Each task owns its run of columns in every row of `dst`, so it writes its results in
+    // place (a column-major scratch and a transpose cost 11 % of batch 8 decode).
+    let mut tasks: Vec<(usize, Vec<&mut [f32]>)> =
+        (0..n.div_ceil(cols)).map(|t| (t * cols, Vec::with_capacity(m))).collect();
+    for row in dst.chunks_mut(n) {
+        for (task, piece) in tasks.iter_mut().zip(row.chunks_mut(cols)) {
+            task.1.push(piece);
+        }
+    }
+    tasks.into_par_iter().for_each(|(first, mut out)| {
+        let task_cols = out[0].len();
         for r0 in (0..m).step_by(ROWS) {
             let r1 = (r0 + ROWS).min(m);
-            for (j, out_col) in out.chunks_mut(m).enumerate() {
-                let c = first + j;
-                let rhs_col = &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
-                for r in r0..r1 {
-                    out_col[r] = T::vec_dot(k, rhs_col, &lhs_b[r * k_in_blocks..(r + 1) * k_in_blocks]);
+            if !T::HAS_TILES {
+                for j in 0..task_cols {
+                    let rhs_col = col(first + j);
+                    for r in r0..r1 {
+                        out[r][j] = T::vec_dot(k, rhs_col, lhs_row(r));
+                    }
+                }
+                continue;
+            }
+            // Four columns by four rows at a time; the edges four columns by one row, or
+            // one by one.
+            for j0 in (0..task_cols).step_by(4) {
+                let width = (task_cols - j0).min(4);
+                let mut r = r0;
+                if width == 4 {
+                    let c = first + j0;
+                    let cols = [col(c), col(c + 1), col(c + 2), col(c + 3)];
+                    while r + 4 <= r1 {
+                        let rows = [lhs_row(r), lhs_row(r + 1), lhs_row(r + 2), lhs_row(r + 3)];
+                        for (i, four) in T::vec_dot_4x4(k, cols, rows).iter().enumerate() {
+                            out[r + i][j0..j0 + 4].copy_from_slice(four);
+                        }
+                        r += 4;
+                    }
+                }
+                for r in r..r1 {
+                    dot_columns::<T>(k, first + j0, &mut out[r][j0..j0 + width], &col, lhs_row(r));
                 }
             }
-        }
-    });
-    dst.par_chunks_mut(n).with_min_len(4).enumerate().for_each(|(r, dst_row)| {
-        for (c, d) in dst_row.iter_mut().enumerate() {
-            *d = dst_t[c * m + r];
         }
     });
 }

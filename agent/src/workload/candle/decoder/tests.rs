@@ -49,3 +49,48 @@ fn a_batch_through_the_blocked_matmul_equals_each_row_alone() {
         }
     }
 }
+
+/// The Q8_0 kernels (vendor/candle-core, avx.rs) that this CPU can run give, bit for bit,
+/// the same dot products in every tile shape, and those are the scalar path's up to
+/// float rounding. A kernel that mixed up a lane, a scale or a row fails here.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_q8_0_kernel_here_gives_the_same_dot_products() {
+    use candle_core::quantized::avx::{q8_dot_kinds_here, vec_dot_q8_0_q8_0_tile_as, Q8DotKind};
+    use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+    let k = 640; // 20 blocks, as in the demo model's output head
+    let quantized = |seed: usize| {
+        // Values from -1 to 1: each block's largest quantizes to ±127, the extreme.
+        let xs: Vec<f32> = (0..k).map(|i| (((i + seed) * 7919 + seed * 31) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let mut q = vec![BlockQ8_0::zeros(); k / 32];
+        BlockQ8_0::from_float(&xs, &mut q);
+        q
+    };
+    let weights: Vec<Vec<BlockQ8_0>> = (0..4).map(|s| quantized(11 + s)).collect();
+    let acts: Vec<Vec<BlockQ8_0>> = (0..4).map(|s| quantized(503 + 17 * s)).collect();
+    let ws = [0, 1, 2, 3].map(|i| weights[i].as_slice());
+    let ys = [0, 1, 2, 3].map(|i| acts[i].as_slice());
+    let one = |kind, w: usize, y: usize| vec_dot_q8_0_q8_0_tile_as(kind, [ws[w]], [ys[y]])[0][0];
+    let kinds = q8_dot_kinds_here();
+    assert_eq!(kinds.last(), Some(&Q8DotKind::Avx2), "the portable kernel runs everywhere");
+    for kind in kinds {
+        let tile = vec_dot_q8_0_q8_0_tile_as(kind, ws, ys);
+        let column = |y: usize| vec_dot_q8_0_q8_0_tile_as(kind, ws, [ys[y]])[0];
+        for y in 0..4 {
+            assert_eq!(column(y), tile[y], "{kind:?}: 4 × 1 differs from 4 × 4 for activation row {y}");
+            for w in 0..4 {
+                let portable = one(Q8DotKind::Avx2, w, y);
+                assert_eq!(one(kind, w, y).to_bits(), portable.to_bits(), "{kind:?} ({w}, {y})");
+                assert_eq!(tile[y][w].to_bits(), portable.to_bits(), "{kind:?} tile ({w}, {y})");
+                let scalar = BlockQ8_0::vec_dot_unopt(k, ws[w], ys[y]);
+                assert!(
+                    (portable - scalar).abs() <= 1e-4 * scalar.abs().max(1.0),
+                    "({w}, {y}): {portable} vs {scalar}"
+                );
+            }
+        }
+    }
+    let distinct: std::collections::BTreeSet<u32> =
+        (0..16).map(|i| one(Q8DotKind::Avx2, i % 4, i / 4).to_bits()).collect();
+    assert!(distinct.len() > 8, "the test data must give distinct dot products");
+}
