@@ -146,8 +146,24 @@ fn unknown_path(path: &str, span: Span) -> Diagnostic {
 
 impl Loader {
     pub(super) fn read(&mut self, path: &Path, from: Option<Span>) -> Option<(SourceId, Node)> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let text = match std::fs::read(path).map(String::from_utf8) {
+            Ok(Ok(text)) => text,
+            Ok(Err(err)) => {
+                // Found by fuzzing (fuzz/): this error had no position. It points at the
+                // first byte that is not UTF-8, in the file shown with it replaced.
+                let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+                let valid = std::str::from_utf8(valid).unwrap_or_default();
+                let line = valid.matches('\n').count() + 1;
+                let col = valid.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+                let lossy = String::from_utf8_lossy(err.as_bytes()).into_owned();
+                let source = self.sources.add(path.display().to_string(), lossy.as_str());
+                let span = Span { source, line: line as u32, col: col as u32, len: 1 };
+                self.errors.push(
+                    Diagnostic::at(span, "this file is not UTF-8 text".to_owned())
+                        .with_help("save it as UTF-8 (YAML files are)"),
+                );
+                return None;
+            }
             Err(err) => {
                 let message = format!("cannot read `{}`: {err}", path.display());
                 self.errors.push(match from {
