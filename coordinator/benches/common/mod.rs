@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+#[allow(dead_code)] // not every benchmark reads journals
 /// Seconds of the day of an RFC 3339 timestamp (runs never cross midnight here).
 fn seconds_of_day(s: &str) -> f64 {
     let t = &s[11..23];
@@ -11,6 +12,7 @@ fn seconds_of_day(s: &str) -> f64 {
 
 /// Per finished job: journal `dispatched` → `finished` minus the job's own measured window,
 /// in ms (the journal has millisecond timestamps). Sorted.
+#[allow(dead_code)]
 pub fn job_overheads_ms(run: &Path) -> Vec<f64> {
     let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
     let mut dispatched = HashMap::new();

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llem_common::util::{now_rfc3339, write_atomic};
+use llem_common::util::{now_rfc3339, write_atomic, write_atomic_with};
 
 use super::journal::{self, Header, Journal, JournalError, Replay, Snapshot};
 use crate::expand::point_spec;
@@ -160,25 +160,13 @@ impl RunDir {
         sweep::load_copy(&copy_root.join(&snapshot.top), copy)
     }
 
-    /// Writes plan.json (again, for a changed sweep).
+    /// Writes plan.json (again, for a changed sweep). Streamed, one job's spec at a time:
+    /// built whole as a JSON tree it took ~12 KB per job at the start of every run.
     pub fn write_plan(&self, plan: &Plan) -> Result<(), RunDirError> {
-        let jobs: Vec<serde_json::Value> = plan
-            .expansion
-            .jobs
-            .iter()
-            .map(|j| {
-                let p = &plan.expansion.points[j.point as usize];
-                serde_json::json!({"id": plan.expansion.job_id(j), "cycle": j.cycle, "spec": point_spec(&plan.sweep, &plan.expansion, p)})
-            })
-            .collect();
-        let plan_json = serde_json::json!({
-            "sweep": {"name": plan.sweep.name, "file": plan.sweep.path, "source_hash": plan.sweep.source_hash},
-            "counts": plan.expansion.counts,
-            "jobs": jobs,
-            "graph": {"tasks": plan.graph.node_count(), "edges": plan.graph.edge_count(),
-                      "jobs": plan.graph.node_weights().filter(|t| matches!(t, Task::Job { .. })).count()},
-        });
-        write(&self.path.join("plan.json"), &serde_json::to_vec_pretty(&plan_json).unwrap_or_default())
+        let path = self.path.join("plan.json");
+        let fail = |source| RunDirError::Write { path: path.display().to_string(), source };
+        write_atomic_with(&path, |w| serde_json::to_writer_pretty(w, &PlanFile(plan)).map_err(std::io::Error::other))
+            .map_err(fail)
     }
 
     /// Stores what a node's probe reported.
@@ -191,5 +179,51 @@ impl RunDir {
     pub fn write_prepared(&self, node: &str, models: &serde_json::Value) -> Result<(), RunDirError> {
         let bytes = serde_json::to_vec_pretty(models).unwrap_or_default();
         write(&self.path.join("prepare").join(format!("{}.json", file_name(node))), &bytes)
+    }
+}
+
+/// plan.json as it is serialized: the keys in sorted order, as `serde_json::Value`'s maps
+/// keep them (the file's bytes did not change when it began to be streamed).
+struct PlanFile<'p>(&'p Plan);
+
+impl serde::Serialize for PlanFile<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap as _};
+        let plan = self.0;
+        let counts = serde_json::to_value(&plan.expansion.counts).map_err(S::Error::custom)?;
+        let job_tasks = plan.graph.node_weights().filter(|t| matches!(t, Task::Job { .. })).count();
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("counts", &counts)?;
+        map.serialize_entry(
+            "graph",
+            &serde_json::json!({"tasks": plan.graph.node_count(), "edges": plan.graph.edge_count(), "jobs": job_tasks}),
+        )?;
+        map.serialize_entry("jobs", &PlanJobs(plan))?;
+        map.serialize_entry(
+            "sweep",
+            &serde_json::json!({"name": plan.sweep.name, "file": plan.sweep.path, "source_hash": plan.sweep.source_hash}),
+        )?;
+        map.end()
+    }
+}
+
+/// plan.json's `jobs`, each built as it is written.
+struct PlanJobs<'p>(&'p Plan);
+
+impl serde::Serialize for PlanJobs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.expansion.jobs.iter().map(|job| PlanJob(self.0, job)))
+    }
+}
+
+struct PlanJob<'p>(&'p Plan, &'p crate::expand::Job);
+
+impl serde::Serialize for PlanJob<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let (plan, job) = (self.0, self.1);
+        let point = &plan.expansion.points[job.point as usize];
+        let spec = serde_json::to_value(point_spec(&plan.sweep, &plan.expansion, point)).map_err(S::Error::custom)?;
+        serde_json::json!({"id": plan.expansion.job_id(job), "cycle": job.cycle, "spec": spec}).serialize(s)
     }
 }
