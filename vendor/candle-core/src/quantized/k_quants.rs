@@ -2346,7 +2346,10 @@ pub fn matmul<T: GgmlType>(
         return Ok(());
     }
 
-    // llem: one row, four columns at a time (`vec_dot_4`).
+    // llem: one row, four columns at a time (`vec_dot_4`); no rows, nothing to do.
+    if m == 0 {
+        return Ok(());
+    }
     let lhs_row = &lhs_b[..k_in_blocks];
     let col = |c: usize| &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
     dst[..n]
