@@ -110,7 +110,7 @@ impl Plan {
                 let json = serde_json::to_value(raw).unwrap_or_default();
                 fields::lookup(&json, field).and_then(serde_json::Value::as_f64)
             };
-            let axis_values: Vec<Option<f64>> = axis.values.iter().map(|v| value_of(&v.raw)).collect();
+            let axis_values: Vec<Option<f64>> = axis.values.iter().map(|v| value_of(&v.raw())).collect();
             let radices: Vec<u64> = sweep.axes.iter().map(|a| a.values.len() as u64).collect();
             let linear = |idx: &[u32]| idx.iter().zip(&radices).fold(0u64, |n, (&i, &r)| n * r + u64::from(i));
             // grid number → point (u32::MAX where excluded)
@@ -121,7 +121,7 @@ impl Plan {
                 }
             }
             let key_of_raw = |mut raw: llem_common::spec::raw::RawExperiment| {
-                raw.overlay(&axis.values[0].raw);
+                raw.overlay(&axis.values[0].raw());
                 raw.validate(sweep.fixed_span).ok().map(|s| s.hash())
             };
             let mut group_of: SpecHashMap<usize> = SpecHashMap::default();
@@ -139,7 +139,7 @@ impl Plan {
                             // The group's first point was excluded: rebuild its spec.
                             let mut raw = sweep.fixed.clone();
                             for (a, &i) in sweep.axes.iter().zip(&idx) {
-                                raw.overlay(&a.values[i as usize].raw);
+                                raw.overlay(&a.values[i as usize].raw());
                             }
                             key_of_raw(raw)
                         });

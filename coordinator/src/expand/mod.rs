@@ -98,10 +98,10 @@ pub fn point_raw(sweep: &Sweep, expansion: &Expansion, point: &Point) -> RawExpe
     match point.origin {
         Origin::Grid(_) => {
             for (axis, &i) in sweep.axes.iter().zip(expansion.indices(sweep.axes.len(), point)) {
-                raw.overlay(&axis.values[i as usize].raw);
+                raw.overlay(&axis.values[i as usize].raw());
             }
         }
-        Origin::Include(i) => raw.overlay(&sweep.includes[i as usize].raw),
+        Origin::Include(i) => raw.overlay(&sweep.includes[i as usize].raw()),
     }
     raw
 }
@@ -214,7 +214,7 @@ pub fn expand(sweep: &Sweep) -> Result<Expansion, Vec<Diagnostic>> {
 
     for (i, include) in sweep.includes.iter().enumerate() {
         let mut raw = sweep.fixed.clone();
-        raw.overlay(&include.raw);
+        raw.overlay(&include.raw());
         match raw.validate(include.span) {
             Err(errs) => record(errs, &mut errors),
             Ok(spec) => {
@@ -343,7 +343,7 @@ enum Outcome {
 fn evaluate_point(sweep: &Sweep, idx: &[u32]) -> Outcome {
     let mut raw = sweep.fixed.clone();
     for (axis, &i) in sweep.axes.iter().zip(idx) {
-        raw.overlay(&axis.values[i as usize].raw);
+        raw.overlay(&axis.values[i as usize].raw());
     }
     match raw.validate(sweep.fixed_span) {
         Err(errs) => Outcome::Invalid(errs),

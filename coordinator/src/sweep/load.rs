@@ -293,11 +293,11 @@ impl Loader {
             display.push((path.to_owned(), compact(value)));
             merge_into(&mut combined, nest(path, value.clone(), key.span), &mut self.errors);
         }
-        let raw = self.decode::<RawExperiment>(&combined, "");
+        self.decode::<RawExperiment>(&combined, "")?;
         if self.errors.len() > before {
             return None;
         }
-        Some(Patch { raw: raw?, span, display })
+        Some(Patch { fields: combined, span, display })
     }
 
     fn axes(&mut self, node: &Node) -> Vec<Axis> {
@@ -344,7 +344,7 @@ impl Loader {
                 let Some(patch) = self.patch(item.span, &[(key.clone(), item.clone())]) else {
                     continue;
                 };
-                let json = serde_json::to_value(&patch.raw).unwrap_or_default().to_string();
+                let json = serde_json::to_value(patch.raw()).unwrap_or_default().to_string();
                 if !seen.insert(json) {
                     self.errors.push(Diagnostic::at(
                         item.span,
@@ -419,7 +419,7 @@ impl Loader {
                 let Some(patch) = self.patch(value.span, &[(key.clone(), value.clone())]) else {
                     continue;
                 };
-                let json = serde_json::to_value(&patch.raw).unwrap_or_default();
+                let json = serde_json::to_value(patch.raw()).unwrap_or_default();
                 matches.push((path.to_owned(), fields::lookup(&json, path).cloned().unwrap_or_default()));
             }
             out.push(Exclude { span: entry.span, matches });
