@@ -275,6 +275,13 @@ pub struct State {
     /// Start nothing (results may still be on their way from outboxes).
     held: bool,
     announced_done: bool,
+    /// Every job before this index has ended (an ended job never runs again): the scans
+    /// for what to start, and whether all is done, begin here. Scanning from the first
+    /// job on every event made a run's cost grow with the square of its jobs.
+    first_open: usize,
+    /// A job failed or was skipped since the last look for jobs its failure skips:
+    /// otherwise that look would scan every job on every event.
+    skips_due: bool,
 }
 
 impl State {
@@ -306,7 +313,17 @@ impl State {
             questions_due: true,
             held: false,
             announced_done: false,
+            first_open: 0,
+            skips_due: true,
         }
+    }
+
+    /// Moves [`State::first_open`] past the jobs that have ended.
+    fn advance_first_open(&mut self) -> usize {
+        while self.states.get(self.first_open).is_some_and(|s| s.is_terminal()) {
+            self.first_open += 1;
+        }
+        self.first_open
     }
 
     /// Marks a job finished by an earlier attempt (resume, or an outbox delivery): it is
@@ -328,6 +345,7 @@ impl State {
     /// Marks jobs that failed for good in an earlier run (resume without --retry-failed).
     pub fn mark_failed(&mut self, job: u32, attempt: u32, kind: FailureKind) {
         self.states[job as usize] = JobState::Failed { attempt, kind };
+        self.skips_due = true;
         self.attempts[job as usize] = self.attempts[job as usize].max(attempt);
     }
 
@@ -424,6 +442,7 @@ impl State {
             AfterFailure::Final => JobState::Failed { attempt, kind },
             AfterFailure::Cancelled => JobState::Cancelled,
         };
+        self.skips_due |= after == AfterFailure::Final;
     }
 
     fn live(&self, slot: &Slot) -> bool {
@@ -572,7 +591,7 @@ pub fn on_event(state: &mut State, event: Event) -> Vec<Effect> {
         state.schedule(now, &mut effects);
     }
     state.fail_unservable(now, &mut effects);
-    if !state.announced_done && state.states.iter().all(|s| s.is_terminal()) {
+    if !state.announced_done && state.advance_first_open() == state.states.len() {
         state.announced_done = true;
         effects.push(Effect::AllDone);
     }

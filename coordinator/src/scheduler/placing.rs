@@ -21,9 +21,9 @@ impl State {
 
     pub(super) fn schedule(&mut self, now: f64, effects: &mut Vec<Effect>) {
         // Skips first: they can unblock nothing, but they end jobs.
-        loop {
+        while std::mem::take(&mut self.skips_due) {
             let mut changed = false;
-            for j in 0..self.jobs.len() {
+            for j in self.advance_first_open()..self.jobs.len() {
                 if self.states[j] != JobState::Pending {
                     continue;
                 }
@@ -38,9 +38,8 @@ impl State {
                     changed = true;
                 }
             }
-            if !changed {
-                break;
-            }
+            // A skip may skip the jobs after it in turn.
+            self.skips_due = changed;
         }
         if self.cancelled {
             return;
@@ -55,7 +54,7 @@ impl State {
         let mut earliest_wake: Option<f64> = None;
         // Slots kept free for a several-GPU job that waits for more of them.
         let mut reserved = vec![false; self.slots.len()];
-        for j in 0..self.jobs.len() {
+        for j in self.advance_first_open()..self.jobs.len() {
             if idle == 0 {
                 break;
             }
@@ -158,7 +157,7 @@ impl State {
         }
         self.servability_changed = false;
         let mut ended = false;
-        for j in 0..self.jobs.len() {
+        for j in self.advance_first_open()..self.jobs.len() {
             if self.states[j] != JobState::Pending {
                 continue;
             }
@@ -170,6 +169,7 @@ impl State {
                 self.states[j] = JobState::Failed { attempt: self.attempts[j], kind };
                 effects.push(Effect::Unservable { job: j as u32, why });
                 ended = true;
+                self.skips_due = true;
             }
         }
         if ended && now.is_finite() {
