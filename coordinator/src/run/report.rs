@@ -90,7 +90,7 @@ fn summed_per_second(readings: Vec<(f64, Option<f64>)>) -> Vec<(f64, f64)> {
 
 /// Each job's power over its measured window, a server job's steady-state window shaded
 /// in the job's colour.
-fn timeseries_svg(series: &[(&Row, Vec<(f64, f64)>)]) -> Option<String> {
+fn timeseries_svg(series: &[(&Row, Vec<(f64, f64)>)], title: &str) -> Option<String> {
     if series.is_empty() {
         return None;
     }
@@ -98,7 +98,7 @@ fn timeseries_svg(series: &[(&Row, Vec<(f64, f64)>)]) -> Option<String> {
         .iter()
         .enumerate()
         .filter_map(|(i, (r, _))| {
-            let ss = r.result.serving.as_ref()?.steady_state.as_ref()?;
+            let ss = r.result.serving()?.steady_state.as_ref()?;
             Some((i, ss.start_s, ss.end_s))
         })
         .collect();
@@ -121,7 +121,7 @@ fn timeseries_svg(series: &[(&Row, Vec<(f64, f64)>)]) -> Option<String> {
         y_max,
         y_label: "power (W, devices summed)",
     };
-    let (mut s, frame) = begin("power-timeseries", "power timeseries of each job", &legend, &axes);
+    let (mut s, frame) = begin("power-timeseries", title, &legend, &axes);
     for &(i, start, end) in &steady {
         let (x1, x2) = (frame.sx(start.max(0.0)), frame.sx(end.max(start).min(nice_max(t_max))));
         let _ = write!(
@@ -150,13 +150,28 @@ fn timeseries_svg(series: &[(&Row, Vec<(f64, f64)>)]) -> Option<String> {
     Some(s)
 }
 
+/// At most this many jobs' power is drawn: more lines cannot be told apart, and a large
+/// run's series would all be held in memory.
+const TIMESERIES_JOBS: usize = 24;
+
+/// The power of the first [`TIMESERIES_JOBS`] jobs with readings, in plan order. Jobs
+/// without a sensor (`none`) have none, and their files are not read.
 fn timeseries(rows: &[Row], run_dir: &Path) -> Option<String> {
-    let series: Vec<(&Row, Vec<(f64, f64)>)> = rows
-        .iter()
+    let has_sensor = |r: &&Row| r.result.energy.source != "none";
+    let mut sensed = rows.iter().filter(has_sensor);
+    let series: Vec<(&Row, Vec<(f64, f64)>)> = sensed
+        .by_ref()
         .map(|r| (r, power_series(&attempt_dir(run_dir, &r.job_id, r.attempt).join("timeseries.parquet"))))
         .filter(|(_, p)| !p.is_empty())
+        .take(TIMESERIES_JOBS)
         .collect();
-    timeseries_svg(&series)
+    let title = if sensed.next().is_none() {
+        "power timeseries of each job".to_owned()
+    } else {
+        let of = rows.iter().filter(has_sensor).count();
+        format!("power timeseries of the first {} jobs (of {of} with a sensor)", series.len())
+    };
+    timeseries_svg(&series, &title)
 }
 
 /// Writes `report/` and returns the path of index.html.
@@ -211,7 +226,7 @@ pub fn write_report(
     for id in &order {
         let mut per_node: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in &by_config[id] {
-            per_node.entry(r.result.node.hostname.clone()).or_default().extend(r.result.energy.j_per_output_token);
+            per_node.entry(r.result.node.clone()).or_default().extend(r.result.energy.j_per_output_token);
         }
         if per_node.len() > 1 {
             let g: Vec<(String, Vec<f64>)> = per_node.into_iter().collect();
@@ -412,15 +427,58 @@ mod tests {
         let candle = candle_row("a", 1);
         let served = server_row("s", 1, 4, 64);
         let series = vec![(&candle, vec![(0.0, 10.0), (1.0, 12.0)]), (&served, vec![(0.0, 50.0), (1.0, 80.0)])];
-        let ts = timeseries_svg(&series).expect("timeseries");
+        let ts = timeseries_svg(&series, "power").expect("timeseries");
         assert_labelled(&ts);
         assert_eq!(ts.matches("class=\"legend-entry\"").count(), 3, "one entry per job, one for the shading");
         assert!(ts.contains("steady-state window"));
         assert_eq!(ts.matches("class=\"steady-state\"").count(), 1, "{ts}");
         assert_eq!(ts.matches("class=\"mark\"").count(), 2);
-        let ts = timeseries_svg(&series[..1]).expect("timeseries");
+        let ts = timeseries_svg(&series[..1], "power").expect("timeseries");
         assert!(!ts.contains("steady-state"), "no server job, no shading: {ts}");
-        assert!(timeseries_svg(&[]).is_none());
+        assert!(timeseries_svg(&[], "power").is_none());
+    }
+
+    /// A timeseries.parquet with the agent's two columns the report reads: 10 W, 20 W.
+    fn write_power(path: &Path) {
+        use parquet::data_type::{DoubleType, FloatType};
+        use parquet::file::writer::SerializedFileWriter;
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        let schema = std::sync::Arc::new(
+            parquet::schema::parser::parse_message_type(
+                "message t { OPTIONAL DOUBLE timestamp_s; OPTIONAL FLOAT power_w; }",
+            )
+            .expect("schema"),
+        );
+        let file = std::fs::File::create(path).expect("create");
+        let mut writer = SerializedFileWriter::new(file, schema, Default::default()).expect("writer");
+        let mut group = writer.next_row_group().expect("group");
+        let mut col = group.next_column().expect("column").expect("timestamp_s");
+        col.typed::<DoubleType>().write_batch(&[0.0, 1.0], Some(&[1, 1]), None).expect("write");
+        col.close().expect("close");
+        let mut col = group.next_column().expect("column").expect("power_w");
+        col.typed::<FloatType>().write_batch(&[10.0, 20.0], Some(&[1, 1]), None).expect("write");
+        col.close().expect("close");
+        group.close().expect("close");
+        writer.close().expect("close");
+    }
+
+    #[test]
+    fn the_timeseries_draws_the_first_jobs_with_a_sensor_and_says_so() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut rows: Vec<Row> = (1..=30).map(|c| candle_row(&format!("k{c:02}"), 1)).collect();
+        for r in &mut rows[1..] {
+            r.result.energy.source = "nvml".to_owned();
+        }
+        for r in &rows {
+            write_power(&attempt_dir(dir.path(), &r.job_id, r.attempt).join("timeseries.parquet"));
+        }
+        let ts = timeseries(&rows, dir.path()).expect("timeseries");
+        assert_eq!(ts.matches("<polyline class=\"mark\"").count(), TIMESERIES_JOBS, "{ts}");
+        assert!(ts.contains("the first 24 jobs (of 29 with a sensor)"), "{ts}");
+        assert!(!ts.contains(">k01-c1<") && ts.contains(">k02-c1<") && ts.contains(">k25-c1<"), "no sensor, not drawn");
+        assert!(!ts.contains(">k26-c1<"));
+        let few = timeseries(&rows[..5], dir.path()).expect("timeseries");
+        assert!(few.contains("power timeseries of each job") && few.matches("<polyline").count() == 4, "{few}");
     }
 
     #[test]

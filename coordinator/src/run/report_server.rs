@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use llem_common::result::ServingResult;
+use llem_common::spec::ExperimentSpec;
 
 use super::report::swept_label;
 use super::report_plots::{
@@ -64,19 +65,19 @@ pub(super) struct ServerLine<'r> {
 }
 
 fn serving(r: &Row) -> Option<&ServingResult> {
-    r.result.serving.as_ref()
+    r.result.serving()
 }
 
-fn load_of(r: &Row) -> (LoadKind, f64) {
-    let load = r.result.spec.load.as_ref();
+fn load_of(spec: &ExperimentSpec) -> (LoadKind, f64) {
+    let load = spec.load.as_ref();
     match (load.and_then(|l| l.request_rate), load.and_then(|l| l.concurrency)) {
         (Some(rate), _) => (LoadKind::Open, rate.0),
         (None, c) => (LoadKind::Closed, f64::from(c.unwrap_or(1))),
     }
 }
 
-fn line_key(r: &Row, kind: LoadKind) -> String {
-    let mut spec = r.result.spec.to_json();
+fn line_key(spec: &ExperimentSpec, kind: LoadKind) -> String {
+    let mut spec = spec.to_json();
     if let Some(load) = spec.get_mut("load").and_then(serde_json::Value::as_object_mut) {
         load.remove("concurrency");
         load.remove("request_rate");
@@ -89,11 +90,11 @@ fn line_label(r: &Row) -> String {
     if !swept.is_empty() {
         return swept;
     }
-    let spec = &r.result.spec;
-    match spec.gpu_count() {
-        0 => format!("{} on the CPU", spec.model),
-        1 => format!("{} on 1 GPU", spec.model),
-        n => format!("{} on {n} GPUs", spec.model),
+    let (model, gpus) = (&r.result.model, r.result.gpus);
+    match gpus {
+        0 => format!("{model} on the CPU"),
+        1 => format!("{model} on 1 GPU"),
+        n => format!("{model} on {n} GPUs"),
     }
 }
 
@@ -101,9 +102,9 @@ fn line_label(r: &Row) -> String {
 /// when no row is a server job.
 pub(super) fn server_lines(rows: &[Row]) -> Vec<ServerLine<'_>> {
     let mut lines: Vec<ServerLine<'_>> = Vec::new();
-    for r in rows.iter().filter(|r| r.result.serving.is_some()) {
-        let (kind, load) = load_of(r);
-        let key = line_key(r, kind);
+    for (r, served) in rows.iter().filter_map(|r| Some((r, r.result.server.as_deref()?))) {
+        let (kind, load) = load_of(&served.spec);
+        let key = line_key(&served.spec, kind);
         let found = lines.iter().position(|l| l.key == key);
         let i = match found {
             Some(i) => i,
@@ -344,7 +345,7 @@ pub(super) fn energy_vs_load(lines: &[ServerLine<'_>]) -> String {
 mod tests {
     use super::*;
     use crate::run::report_plots::tests::assert_labelled;
-    use crate::run::results::test_rows::{candle_row, server_row};
+    use crate::run::results::test_rows::{candle_row, server_row, server_row_with};
     use llem_common::spec::Rate;
 
     #[test]
@@ -375,13 +376,13 @@ mod tests {
 
     #[test]
     fn an_open_loop_or_other_gpus_is_another_line() {
-        let mut open = server_row("r2", 1, 1, 64);
-        if let Some(load) = open.result.spec.load.as_mut() {
-            load.concurrency = None;
-            load.request_rate = Some(Rate(f64::INFINITY));
-        }
-        let mut wide = server_row("g4", 1, 4, 64);
-        wide.result.spec.gpus = Some(4);
+        let open = server_row_with("r2", 1, 1, 64, |r| {
+            if let Some(load) = r.spec.load.as_mut() {
+                load.concurrency = None;
+                load.request_rate = Some(Rate(f64::INFINITY));
+            }
+        });
+        let mut wide = server_row_with("g4", 1, 4, 64, |r| r.spec.gpus = Some(4));
         wide.swept.push(("gpus".to_owned(), serde_json::json!(4)));
         let rows = vec![server_row("a1", 1, 1, 64), open, wide, server_row("a4", 1, 4, 64)];
         let lines = server_lines(&rows);

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use llem_common::result::{JobResult, ServingResult};
-use llem_common::spec::fields;
+use llem_common::result::{Energy, JobResult, Latency, ServingResult, Throughput, Tokens};
+use llem_common::spec::{fields, ExperimentSpec};
 use parquet::basic::Compression;
 use parquet::column::writer::ColumnWriter;
 use parquet::data_type::ByteArray;
@@ -19,16 +19,34 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
 use super::journal::{replay, Outcome};
-use llem_common::util::write_atomic;
+use llem_common::util::write_atomic_with;
 
 use super::rundir::attempt_dir;
 use crate::expand::{point_display, point_spec};
 use crate::plan::Plan;
 
-enum Column {
-    F64(Vec<Option<f64>>),
-    I64(Vec<Option<i64>>),
-    Str(Vec<Option<String>>),
+/// One column of results.parquet: how to read its value from a row. The values are made
+/// as the column is written, one column at a time straight into the file, so a large run
+/// never holds every column (nor the file) in memory at once.
+enum Column<'a> {
+    F64(Get<'a, f64>),
+    I64(Get<'a, i64>),
+    Str(Get<'a, String>),
+}
+
+/// A column's value in a row (`None` is null).
+type Get<'a, T> = Box<dyn Fn(&Row) -> Option<T> + 'a>;
+
+fn f64_column<'a>(f: impl Fn(&Row) -> Option<f64> + 'a) -> Column<'a> {
+    Column::F64(Box::new(f))
+}
+
+fn i64_column<'a>(f: impl Fn(&Row) -> Option<i64> + 'a) -> Column<'a> {
+    Column::I64(Box::new(f))
+}
+
+fn str_column<'a>(f: impl Fn(&Row) -> Option<String> + 'a) -> Column<'a> {
+    Column::Str(Box::new(f))
 }
 
 /// A finished job and its result.
@@ -39,7 +57,57 @@ pub struct Row {
     pub cycle: u32,
     pub attempt: u32,
     pub swept: Vec<(String, serde_json::Value)>,
-    pub result: JobResult,
+    pub result: Figures,
+}
+
+/// What the tables and the report read of a job's `result.json`. The rest (the node
+/// snapshot, warning messages, the sampling record …) stays in the file: every result
+/// held whole was most of `llem run`'s peak memory at 50,000 jobs.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub model: String,
+    /// GPUs the job held (0 on the CPU).
+    pub gpus: u32,
+    /// The node's hostname.
+    pub node: String,
+    pub energy: Energy,
+    pub tokens: Tokens,
+    pub throughput: Throughput,
+    pub latency: Latency,
+    pub duration_s: f64,
+    /// The warnings' codes, in order.
+    pub warnings: Vec<String>,
+    /// A server job's figures and its spec, which the report's server lines are keyed by.
+    pub server: Option<Box<Served>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub spec: ExperimentSpec,
+    pub serving: ServingResult,
+}
+
+impl Figures {
+    pub fn serving(&self) -> Option<&ServingResult> {
+        self.server.as_ref().map(|s| &s.serving)
+    }
+}
+
+impl From<JobResult> for Figures {
+    fn from(r: JobResult) -> Self {
+        Figures {
+            model: r.spec.model.clone(),
+            gpus: r.spec.gpu_count(),
+            node: r.node.hostname,
+            energy: r.energy,
+            tokens: r.tokens,
+            throughput: r.throughput,
+            latency: r.latency,
+            duration_s: r.duration_s,
+            warnings: r.warnings.into_iter().map(|w| w.code).collect(),
+            server: r.serving.map(|serving| Box::new(Served { spec: r.spec, serving })),
+        }
+    }
 }
 
 /// The finished jobs of a run, in plan order, each exactly once (from the journal).
@@ -53,7 +121,7 @@ pub fn finished_rows(plan: &Plan, run_dir: &Path) -> Result<Vec<Row>> {
         let Some(Outcome::Finished { attempt }) = outcomes.get(&id) else { continue };
         let path = attempt_dir(run_dir, &id, *attempt).join("result.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let result = JobResult::from_json(&text)?;
+        let result = Figures::from(JobResult::from_json(&text)?);
         let point = &exp.points[job.point as usize];
         let spec = point_spec(&plan.sweep, exp, point).to_json();
         let swept = point_display(&plan.sweep, exp, point)
@@ -72,7 +140,7 @@ pub fn finished_rows(plan: &Plan, run_dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn write_parquet(path: &Path, columns: &[(String, Column)]) -> Result<()> {
+fn write_parquet(path: &Path, rows: &[Row], columns: &[(String, Column<'_>)]) -> Result<()> {
     let fields: Vec<String> = columns
         .iter()
         .map(|(name, c)| match c {
@@ -83,34 +151,55 @@ fn write_parquet(path: &Path, columns: &[(String, Column)]) -> Result<()> {
         .collect();
     let schema = Arc::new(parse_message_type(&format!("message results {{ {} }}", fields.join(" ")))?);
     let props = Arc::new(WriterProperties::builder().set_compression(Compression::UNCOMPRESSED).build());
-    let mut buffer = Vec::new();
-    let mut writer = SerializedFileWriter::new(&mut buffer, schema, props)?;
-    let mut group = writer.next_row_group()?;
-    let mut i = 0;
-    while let Some(mut col) = group.next_column()? {
-        let levels = |present: Vec<bool>| present.iter().map(|&p| i16::from(p)).collect::<Vec<i16>>();
-        match (&columns[i].1, col.untyped()) {
-            (Column::F64(v), ColumnWriter::DoubleColumnWriter(w)) => {
-                let values: Vec<f64> = v.iter().flatten().copied().collect();
-                w.write_batch(&values, Some(&levels(v.iter().map(Option::is_some).collect())), None)?;
+    let mut failure = None;
+    write_atomic_with(path, |file| {
+        let write = || -> Result<()> {
+            let mut writer = SerializedFileWriter::new(file, schema, props)?;
+            let mut group = writer.next_row_group()?;
+            let mut i = 0;
+            while let Some(mut col) = group.next_column()? {
+                match (&columns[i].1, col.untyped()) {
+                    (Column::F64(get), ColumnWriter::DoubleColumnWriter(w)) => {
+                        let (values, levels) = present(rows, get);
+                        w.write_batch(&values, Some(&levels), None)?;
+                    }
+                    (Column::I64(get), ColumnWriter::Int64ColumnWriter(w)) => {
+                        let (values, levels) = present(rows, get);
+                        w.write_batch(&values, Some(&levels), None)?;
+                    }
+                    (Column::Str(get), ColumnWriter::ByteArrayColumnWriter(w)) => {
+                        let (values, levels) = present(rows, |r| get(r).map(|s| ByteArray::from(s.into_bytes())));
+                        w.write_batch(&values, Some(&levels), None)?;
+                    }
+                    _ => anyhow::bail!("column {} has an unexpected type", columns[i].0),
+                }
+                col.close()?;
+                i += 1;
             }
-            (Column::I64(v), ColumnWriter::Int64ColumnWriter(w)) => {
-                let values: Vec<i64> = v.iter().flatten().copied().collect();
-                w.write_batch(&values, Some(&levels(v.iter().map(Option::is_some).collect())), None)?;
-            }
-            (Column::Str(v), ColumnWriter::ByteArrayColumnWriter(w)) => {
-                let values: Vec<ByteArray> = v.iter().flatten().map(|s| ByteArray::from(s.as_str())).collect();
-                w.write_batch(&values, Some(&levels(v.iter().map(Option::is_some).collect())), None)?;
-            }
-            _ => anyhow::bail!("column {} has an unexpected type", columns[i].0),
-        }
-        col.close()?;
-        i += 1;
+            group.close()?;
+            writer.close()?;
+            Ok(())
+        };
+        write().map_err(|e| {
+            let io = std::io::Error::other(e.to_string());
+            failure = Some(e);
+            io
+        })
+    })
+    .map_err(|e| failure.take().unwrap_or_else(|| e.into()))
+    .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A column's present values and its definition levels (1 present, 0 null).
+fn present<T>(rows: &[Row], get: impl Fn(&Row) -> Option<T>) -> (Vec<T>, Vec<i16>) {
+    let mut values = Vec::with_capacity(rows.len());
+    let mut levels = Vec::with_capacity(rows.len());
+    for r in rows {
+        let v = get(r);
+        levels.push(i16::from(v.is_some()));
+        values.extend(v);
     }
-    group.close()?;
-    writer.close()?;
-    write_atomic(path, &buffer)?;
-    Ok(())
+    (values, levels)
 }
 
 /// A column name Parquet readers take as it is: `decoding.temperature` → `decoding_temperature`.
@@ -123,19 +212,19 @@ fn column_name(path: &str) -> String {
 /// `gpus` (GPUs the job held, 0 on the CPU) and a server job's `serving` figures (null for
 /// the jobs of other engines).
 pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
-    let mut cols: Vec<(String, Column)> = vec![
-        ("job_id".into(), Column::Str(rows.iter().map(|r| Some(r.job_id.clone())).collect())),
-        ("config_id".into(), Column::Str(rows.iter().map(|r| Some(r.config_id.clone())).collect())),
-        ("cycle".into(), Column::I64(rows.iter().map(|r| Some(i64::from(r.cycle))).collect())),
-        ("attempt".into(), Column::I64(rows.iter().map(|r| Some(i64::from(r.attempt))).collect())),
-        ("node".into(), Column::Str(rows.iter().map(|r| Some(r.result.node.hostname.clone())).collect())),
-        ("model".into(), Column::Str(rows.iter().map(|r| Some(r.result.spec.model.clone())).collect())),
+    let mut cols: Vec<(String, Column<'_>)> = vec![
+        ("job_id".into(), str_column(|r| Some(r.job_id.clone()))),
+        ("config_id".into(), str_column(|r| Some(r.config_id.clone()))),
+        ("cycle".into(), i64_column(|r| Some(i64::from(r.cycle)))),
+        ("attempt".into(), i64_column(|r| Some(i64::from(r.attempt)))),
+        ("node".into(), str_column(|r| Some(r.result.node.clone()))),
+        ("model".into(), str_column(|r| Some(r.result.model.clone()))),
     ];
-    let mut swept: Vec<String> = Vec::new();
+    let mut swept: Vec<&str> = Vec::new();
     for r in rows {
         for (k, _) in &r.swept {
-            if !swept.contains(k) {
-                swept.push(k.clone());
+            if !swept.contains(&k.as_str()) {
+                swept.push(k);
             }
         }
     }
@@ -145,19 +234,16 @@ pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
         if key == "gpus" {
             continue;
         }
-        let values: Vec<Option<&serde_json::Value>> =
-            rows.iter().map(|r| r.swept.iter().find(|(k, _)| *k == key).map(|(_, v)| v)).collect();
-        let numeric = values.iter().flatten().all(|v| v.is_number());
+        let value = move |r: &Row| r.swept.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let numeric = rows.iter().filter_map(&value).all(|v| v.is_number());
         let col = if numeric {
-            Column::F64(values.iter().map(|v| v.and_then(serde_json::Value::as_f64)).collect())
+            f64_column(move |r| value(r).and_then(|v| v.as_f64()))
         } else {
-            Column::Str(
-                values.iter().map(|v| v.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect(),
-            )
+            str_column(move |r| value(r).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
         };
-        cols.push((column_name(&key), col));
+        cols.push((column_name(key), col));
     }
-    let f = |g: fn(&JobResult) -> Option<f64>| Column::F64(rows.iter().map(|r| g(&r.result)).collect());
+    let f = |g: fn(&Figures) -> Option<f64>| f64_column(move |r| g(&r.result));
     cols.extend([
         ("energy_total_j".to_owned(), f(|r| r.energy.total_j)),
         ("energy_adjusted_j".to_owned(), f(|r| r.energy.adjusted_j)),
@@ -171,28 +257,14 @@ pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
         ("itl_p95_ms".to_owned(), f(|r| r.latency.itl_ms.map(|s| s.p95))),
         ("duration_s".to_owned(), f(|r| Some(r.duration_s))),
     ]);
-    cols.push(("input_tokens".into(), Column::I64(rows.iter().map(|r| Some(r.result.tokens.input as i64)).collect())));
-    cols.push((
-        "output_tokens".into(),
-        Column::I64(rows.iter().map(|r| Some(r.result.tokens.output as i64)).collect()),
-    ));
-    cols.push((
-        "warnings".into(),
-        Column::Str(
-            rows.iter()
-                .map(|r| Some(r.result.warnings.iter().map(|w| w.code.as_str()).collect::<Vec<_>>().join(",")))
-                .collect(),
-        ),
-    ));
+    cols.push(("input_tokens".into(), i64_column(|r| Some(r.result.tokens.input as i64))));
+    cols.push(("output_tokens".into(), i64_column(|r| Some(r.result.tokens.output as i64))));
+    cols.push(("warnings".into(), str_column(|r| Some(r.result.warnings.join(",")))));
     // Server figures, null for jobs of other engines; `gpus` for every job (0 on the CPU).
-    let sv = |g: fn(&ServingResult) -> Option<f64>| {
-        Column::F64(rows.iter().map(|r| r.result.serving.as_ref().and_then(g)).collect())
-    };
-    let count = |g: fn(&ServingResult) -> u64| {
-        Column::I64(rows.iter().map(|r| r.result.serving.as_ref().map(|s| g(s) as i64)).collect())
-    };
-    let served: Vec<(String, Column)> = vec![
-        ("gpus".to_owned(), Column::I64(rows.iter().map(|r| Some(i64::from(r.result.spec.gpu_count()))).collect())),
+    let sv = |g: fn(&ServingResult) -> Option<f64>| f64_column(move |r| r.result.serving().and_then(g));
+    let count = |g: fn(&ServingResult) -> u64| i64_column(move |r| r.result.serving().map(|s| g(s) as i64));
+    cols.extend([
+        ("gpus".to_owned(), i64_column(|r| Some(i64::from(r.result.gpus)))),
         ("serving_requests".to_owned(), count(|s| s.requests)),
         ("serving_errors".to_owned(), count(|s| s.errors)),
         ("request_throughput_per_s".to_owned(), sv(|s| s.request_throughput_per_s)),
@@ -211,17 +283,10 @@ pub fn write_results_parquet(rows: &[Row], path: &Path) -> Result<()> {
         ("energy_per_request_j_mean".to_owned(), sv(|s| s.energy_per_request_j.map(|d| d.mean))),
         (
             "token_count_method".to_owned(),
-            Column::Str(
-                rows.iter()
-                    .map(|r| r.result.serving.as_ref().map(|s| s.token_count_method.name().to_owned()))
-                    .collect(),
-            ),
+            str_column(|r| r.result.serving().map(|s| s.token_count_method.name().to_owned())),
         ),
-    ];
-    for (name, col) in served {
-        cols.push((name, col));
-    }
-    write_parquet(path, &cols)
+    ]);
+    write_parquet(path, rows, &cols)
 }
 
 /// Mean and 95 % confidence half-width (Student's t) of the present values.
@@ -264,7 +329,7 @@ pub fn summary(rows: &[Row]) -> (String, String) {
         }
         configs.entry(r.config_id.clone()).or_default().push(r);
     }
-    let served = rows.iter().any(|r| r.result.serving.is_some());
+    let served = rows.iter().any(|r| r.result.serving().is_some());
     let mut md =
         String::from("| config | swept | cycles | gpus | J / output token (95 % CI) | output tok/s | TTFT p50 ms |");
     let mut csv = String::from("config_id,swept,cycles,j_per_output_token_mean,j_per_output_token_ci95,output_tokens_per_s_mean,ttft_p50_ms_mean,gpus");
@@ -282,7 +347,7 @@ pub fn summary(rows: &[Row]) -> (String, String) {
             .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
             .collect::<Vec<_>>()
             .join(" ");
-        let gpus = group[0].result.spec.gpu_count();
+        let gpus = group[0].result.gpus;
         let jpt: Vec<f64> = group.iter().filter_map(|r| r.result.energy.j_per_output_token).collect();
         let tps: Vec<f64> = group.iter().filter_map(|r| r.result.throughput.output_tokens_per_s).collect();
         let ttft: Vec<f64> = group.iter().filter_map(|r| r.result.latency.ttft_ms.map(|s| s.p50)).collect();
@@ -299,7 +364,7 @@ pub fn summary(rows: &[Row]) -> (String, String) {
             opt(f.map(|x| x.0))
         );
         if served {
-            let serving: Vec<&ServingResult> = group.iter().filter_map(|r| r.result.serving.as_ref()).collect();
+            let serving: Vec<&ServingResult> = group.iter().filter_map(|r| r.result.serving()).collect();
             let p99: Vec<f64> = serving.iter().filter_map(|s| s.ttft_ms.map(|d| d.p99)).collect();
             let out: Vec<f64> = serving.iter().filter_map(|s| s.output_tokens_per_s).collect();
             let (p, o) = (mean_ci(&p99), mean_ci(&out));
@@ -331,13 +396,22 @@ pub(crate) mod test_rows {
         JobResult::from_json(include_str!("../../../tests/fixtures/result-v1.json")).expect("the v1 fixture loads")
     }
 
-    /// A CPU job of engine `candle`, nothing swept, no energy measured.
-    pub(crate) fn candle_row(config: &str, cycle: u32) -> Row {
+    /// The result of a CPU job of engine `candle`, no energy measured.
+    fn candle_result(config: &str, cycle: u32) -> JobResult {
         let mut result = fixture();
         result.spec.engine = Engine::Candle;
         result.job_id = format!("{config}-c{cycle}");
+        result
+    }
+
+    fn row(config: &str, cycle: u32, result: JobResult) -> Row {
         let job_id = result.job_id.clone();
-        Row { job_id, config_id: config.to_owned(), cycle, attempt: 1, swept: Vec::new(), result }
+        Row { job_id, config_id: config.to_owned(), cycle, attempt: 1, swept: Vec::new(), result: result.into() }
+    }
+
+    /// A CPU job of engine `candle`, nothing swept, no energy measured.
+    pub(crate) fn candle_row(config: &str, cycle: u32) -> Row {
+        row(config, cycle, candle_result(config, cycle))
     }
 
     fn dist(p50: f64, p99: f64) -> Distribution {
@@ -348,10 +422,20 @@ pub(crate) mod test_rows {
     /// server option `max-num-seqs: seqs` (both swept). TTFT p50/p99 10/30 ms × c,
     /// 100 output tokens/s × c, J per output token 1/c + 0.01 × cycle.
     pub(crate) fn server_row(config: &str, cycle: u32, concurrency: u32, seqs: u32) -> Row {
-        let mut row = candle_row(config, cycle);
+        server_row_with(config, cycle, concurrency, seqs, |_| {})
+    }
+
+    /// [`server_row`] with its result changed by `edit` first.
+    pub(crate) fn server_row_with(
+        config: &str,
+        cycle: u32,
+        concurrency: u32,
+        seqs: u32,
+        edit: impl FnOnce(&mut JobResult),
+    ) -> Row {
+        let mut r = candle_result(config, cycle);
         let c = f64::from(concurrency);
         let jpt = 1.0 / c + 0.01 * f64::from(cycle);
-        let r = &mut row.result;
         r.spec.engine = Engine::Openai;
         r.spec.device = Device::Cuda(None);
         r.spec.gpus = Some(2);
@@ -401,6 +485,8 @@ pub(crate) mod test_rows {
             energy_per_request_j: Some(dist(2.0, 4.0)),
             send_lag_ms: None,
         });
+        edit(&mut r);
+        let mut row = row(config, cycle, r);
         row.swept = vec![
             ("load.concurrency".to_owned(), serde_json::json!(concurrency)),
             ("server.options.max-num-seqs".to_owned(), serde_json::json!(seqs)),
