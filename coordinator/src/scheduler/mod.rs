@@ -279,6 +279,11 @@ pub struct State {
     /// for what to start, and whether all is done, begin here. Scanning from the first
     /// job on every event made a run's cost grow with the square of its jobs.
     first_open: usize,
+    /// Per slot: the last job (in execution order) that could ever run on it, if any. A
+    /// free slot no job from [`State::first_open`] on could use (a node's CPU slot in a
+    /// sweep of GPU jobs) is not counted as idle, or the scan for work would go over every
+    /// job on every event.
+    last_job_for_slot: Vec<Option<usize>>,
     /// A job failed or was skipped since the last look for jobs its failure skips:
     /// otherwise that look would scan every job on every event.
     skips_due: bool,
@@ -296,6 +301,10 @@ impl State {
             .max()
             .unwrap_or(0);
         let n_models = jobs.iter().filter_map(|j| j.model).map(|m| m as usize + 1).max().unwrap_or(0);
+        let last_job_for_slot = slots
+            .iter()
+            .map(|slot| jobs.iter().rposition(|j| slot.fits(j.need) && j.nodes.contains(&slot.node)))
+            .collect();
         State {
             jobs,
             states: vec![JobState::Pending; n],
@@ -314,6 +323,7 @@ impl State {
             held: false,
             announced_done: false,
             first_open: 0,
+            last_job_for_slot,
             skips_due: true,
         }
     }

@@ -48,13 +48,26 @@ impl State {
         if self.held {
             return;
         }
-        // Idle slots (gaps included): when there are none, nothing can start, and the scan
-        // over every job is skipped (it would cost O(jobs × slots) per event).
-        let mut idle = self.slots.iter().filter(|s| s.busy.is_none() && self.live(s)).count();
+        // Idle slots (gaps included) that a job not yet ended could use. The scan over the
+        // jobs stops once each is settled: it took a job, it is reserved, or it is in a gap
+        // and a job would start on it the moment the gap ends (no later job can do more
+        // with it). Scanning on would cost O(jobs × slots) per event for nothing.
+        let first_open = self.advance_first_open();
+        let mut unsettled = vec![false; self.slots.len()];
+        for (i, s) in self.slots.iter().enumerate() {
+            unsettled[i] =
+                s.busy.is_none() && self.live(s) && self.last_job_for_slot[i].is_some_and(|last| last >= first_open);
+        }
+        let mut idle = unsettled.iter().filter(|&&u| u).count();
+        let mut settle = |i: usize, idle: &mut usize| {
+            if std::mem::take(&mut unsettled[i]) {
+                *idle -= 1;
+            }
+        };
         let mut earliest_wake: Option<f64> = None;
         // Slots kept free for a several-GPU job that waits for more of them.
         let mut reserved = vec![false; self.slots.len()];
-        for j in self.advance_first_open()..self.jobs.len() {
+        for j in first_open..self.jobs.len() {
             if idle == 0 {
                 break;
             }
@@ -81,6 +94,9 @@ impl State {
                 let at = slot.ready_at + gap;
                 if at > now {
                     earliest_wake = Some(earliest_wake.map_or(at, |w: f64| w.min(at)));
+                    if at == slot.ready_at {
+                        settle(i, &mut idle);
+                    }
                     continue;
                 }
                 if group_by_node(&mut free_by_node, slot.node, i).len() == want {
@@ -95,6 +111,9 @@ impl State {
             if chosen.is_empty() {
                 if want > 1 {
                     self.reserve_for(j, &idle_by_node, &mut reserved);
+                    for (i, _) in reserved.iter().enumerate().filter(|(_, &r)| r) {
+                        settle(i, &mut idle);
+                    }
                 }
                 continue;
             }
@@ -104,8 +123,8 @@ impl State {
                 let slot = &mut self.slots[i];
                 slot.busy = Some(j as u32);
                 slot.last_cycle = Some(self.jobs[j].cycle);
+                settle(i, &mut idle);
             }
-            idle = idle.saturating_sub(chosen.len());
             self.states[j] = JobState::Running { attempt, slot: chosen[0] as u32 };
             effects.push(Effect::Dispatch { job: j as u32, attempt, slot: chosen[0] as u32 });
         }
