@@ -175,6 +175,14 @@ fn timeseries(rows: &[Row], run_dir: &Path) -> Option<String> {
     timeseries_svg(&series, &title)
 }
 
+/// At most this many configurations get a bar: more cannot be told apart (a 50,000-job
+/// sweep drew a 14 MB chart), and summary.csv has every one.
+const BAR_CONFIGS: usize = 40;
+
+/// At most this many configurations are rows of index.html's summary table; summary.md
+/// and summary.csv have every one.
+const TABLE_ROWS: usize = 200;
+
 /// Writes `report/` and returns the path of index.html.
 pub fn write_report(
     sweep: &str,
@@ -193,24 +201,31 @@ pub fn write_report(
         }
         by_config.entry(r.config_id.clone()).or_default().push(r);
     }
-    let groups = |f: fn(&Row) -> Option<f64>| -> Vec<(String, Vec<f64>)> {
-        order.iter().map(|id| (label(by_config[id][0]), by_config[id].iter().filter_map(|r| f(r)).collect())).collect()
+    // The first BAR_CONFIGS configurations with the value, and how many have it.
+    let bars = |id: &str, title: &str, unit: &str, f: fn(&Row) -> Option<f64>| {
+        let (mut shown, mut with_value) = (Vec::new(), 0);
+        for config in &order {
+            let values: Vec<f64> = by_config[config].iter().filter_map(|r| f(r)).collect();
+            if values.is_empty() {
+                continue;
+            }
+            with_value += 1;
+            if shown.len() < BAR_CONFIGS {
+                shown.push((label(by_config[config][0]), values));
+            }
+        }
+        let title = if with_value > BAR_CONFIGS {
+            format!("{title}: the first {BAR_CONFIGS} of {with_value} configurations (summary.csv has every one)")
+        } else {
+            title.to_owned()
+        };
+        bar_chart(id, &title, unit, "configuration", &shown)
     };
-    let jpt = bar_chart(
-        "j-per-token",
-        "J per output token",
-        "J per output token",
-        "configuration",
-        &groups(|r| r.result.energy.j_per_output_token),
-    )
-    .unwrap_or_else(|| not_measured("j-per-token", "J per output token", "Energy"));
-    let tps = bar_chart(
-        "tokens-per-s",
-        "output tokens per second",
-        "output tokens/s",
-        "configuration",
-        &groups(|r| r.result.throughput.output_tokens_per_s),
-    )
+    let jpt = bars("j-per-token", "J per output token", "J per output token", |r| r.result.energy.j_per_output_token)
+        .unwrap_or_else(|| not_measured("j-per-token", "J per output token", "Energy"));
+    let tps = bars("tokens-per-s", "output tokens per second", "output tokens/s", |r| {
+        r.result.throughput.output_tokens_per_s
+    })
     .unwrap_or_else(|| not_measured("tokens-per-s", "throughput", "Throughput"));
     let sc = scatter(rows).unwrap_or_else(|| not_measured("energy-latency", "energy against latency", "Energy"));
     let ts = timeseries(rows, run_dir).unwrap_or_else(|| not_measured("power-timeseries", "power timeseries", "Power"));
@@ -252,7 +267,7 @@ pub fn write_report(
     }
     write_atomic(&dir.join("summary.md"), summary_md.as_bytes())?;
     write_atomic(&dir.join("summary.csv"), summary_csv.as_bytes())?;
-    let table = markdown_table_to_html(summary_md);
+    let table = markdown_table_to_html(summary_md, TABLE_ROWS);
     let html = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>llem report: {title}</title>
@@ -352,9 +367,14 @@ fn nodes_provenance(run_dir: &Path) -> String {
     out
 }
 
-fn markdown_table_to_html(md: &str) -> String {
+/// The table's header and its first `max_rows` rows, and a line saying how many more
+/// there are.
+fn markdown_table_to_html(md: &str, max_rows: usize) -> String {
     let mut out = String::from("<table>");
-    for (i, line) in md.lines().filter(|l| l.starts_with('|')).enumerate() {
+    let lines: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    // The header, then the |---| line.
+    let rows = lines.len().saturating_sub(2);
+    for (i, line) in lines.iter().enumerate().take(max_rows + 2) {
         if i == 1 {
             continue;
         }
@@ -366,6 +386,12 @@ fn markdown_table_to_html(md: &str) -> String {
         out.push_str("</tr>");
     }
     out.push_str("</table>");
+    if rows > max_rows {
+        let _ = write!(
+            out,
+            "<p>The first {max_rows} of {rows} configurations; summary.md and summary.csv have every one.</p>"
+        );
+    }
     out
 }
 
@@ -382,6 +408,25 @@ mod tests {
         let index = write_report("t", rows, dir.path(), &md, &csv).expect("report");
         let html = std::fs::read_to_string(index).expect("index.html");
         (dir, html)
+    }
+
+    #[test]
+    fn a_large_sweep_draws_the_first_configurations_and_says_how_many_there_are() {
+        let mut rows: Vec<Row> = (0..250).map(|c| candle_row(&format!("k{c:03}"), 1)).collect();
+        // Energy for 45 configurations only: the chart counts those that have it.
+        for r in &mut rows[..45] {
+            r.result.energy.j_per_output_token = Some(0.5);
+        }
+        let (dir, html) = report(&rows);
+        let svg = std::fs::read_to_string(dir.path().join("report").join("j-per-token.svg")).expect("svg");
+        assert_eq!(svg.matches("<rect class=\"mark\"").count(), BAR_CONFIGS, "{svg}");
+        assert!(svg.contains("the first 40 of 45 configurations (summary.csv has every one)"), "{svg}");
+        assert!(html.contains("The first 200 of 250 configurations; summary.md and summary.csv have every one."));
+        assert_eq!(html.matches("<tr>").count(), 1 + TABLE_ROWS, "the header and 200 rows");
+        let (md, _) = summary(&rows[..3]);
+        let small = markdown_table_to_html(&md, TABLE_ROWS);
+        assert_eq!(small.matches("<tr>").count(), 4);
+        assert!(!small.contains("The first"), "{small}");
     }
 
     #[test]
