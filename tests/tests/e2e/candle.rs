@@ -61,6 +61,8 @@ fn tokenizer_from_gguf_agrees_with_llama_cpp() {
 
 #[test]
 fn greedy_tokens_match_llama_cpp() {
+    // Both cores for long: never beside a test whose fake counter must be written on time.
+    let _heavy = llem_tests::heavy_cpu();
     let fixture = fixture("greedy-gemma3.json");
     let (mut engine, ()) = engine_for("n_prompts: 1\n");
     let mut report = Vec::new();
@@ -83,6 +85,8 @@ fn greedy_tokens_match_llama_cpp() {
 
 #[test]
 fn batched_generation_equals_unbatched() {
+    // Both cores for long: never beside a test whose fake counter must be written on time.
+    let _heavy = llem_tests::heavy_cpu();
     // Prompts of different lengths, so the batch is padded and masked.
     let (mut engine, ()) =
         engine_for("n_prompts: 4\nbatch_size: 4\nmax_output_tokens: 12\ndecoding: {ignore_eos: true}\n");
@@ -98,6 +102,8 @@ fn batched_generation_equals_unbatched() {
 
 #[test]
 fn agent_runs_the_demo_model_with_exact_counts() {
+    // Both cores for long: never beside a test whose fake counter must be written on time.
+    let _heavy = llem_tests::heavy_cpu();
     let dir = tempfile::tempdir().expect("tmp");
     let job = dir.path().join("job.yaml");
     std::fs::write(

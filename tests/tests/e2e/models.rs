@@ -47,6 +47,8 @@ fn check(dir: &Path, model: &str, precision: &str) {
 
 #[test]
 fn every_gguf_architecture_loads_and_batches() {
+    // Both cores for long: never beside a test whose fake counter must be written on time.
+    let _heavy = llem_tests::heavy_cpu();
     let dir = tempfile::tempdir().expect("tmp");
     for arch in ["llama", "qwen2", "qwen3", "gemma3"] {
         let path = dir.path().join(format!("{arch}.gguf"));
@@ -57,6 +59,8 @@ fn every_gguf_architecture_loads_and_batches() {
 
 #[test]
 fn hugging_face_folders_load_at_each_precision() {
+    // Both cores for long: never beside a test whose fake counter must be written on time.
+    let _heavy = llem_tests::heavy_cpu();
     let dir = tempfile::tempdir().expect("tmp");
     for (model_type, precision) in
         [("llama", "f32"), ("qwen2", "f32"), ("qwen3", "bf16"), ("gemma3_text", "f32"), ("llama", "f16")]
