@@ -24,11 +24,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("LLEM_BENCH_SIZES")
-        .unwrap_or_else(|_| "5000,50000".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("LLEM_BENCH_SIZES: numbers"))
-        .collect();
+    let sizes = common::bench_sizes();
     println!(
         "{:>8} {:>9} {:>9} {:>12} {:>10} {:>12}",
         "jobs", "wall s", "CPU s", "CPU/job ms", "peak MB", "RSS/job KB"

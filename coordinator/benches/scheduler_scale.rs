@@ -17,6 +17,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
+mod common;
+
 use llem::scheduler::{on_event, Effect, Event, JobInput, Need, Slot, SlotKind, State};
 
 /// Simulated seconds per attempt.
@@ -76,11 +78,7 @@ fn gpu_node() -> Vec<Slot> {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("LLEM_BENCH_SIZES")
-        .unwrap_or_else(|_| "5000,50000".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("LLEM_BENCH_SIZES: numbers"))
-        .collect();
+    let sizes = common::bench_sizes();
     println!("{:>10} {:>8} {:>9} {:>10} {:>12}", "shape", "jobs", "events", "time s", "µs per job");
     for shape in ["cpu", "gpu", "gpu gap"] {
         let mut per_job = Vec::new();

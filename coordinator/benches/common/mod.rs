@@ -40,6 +40,7 @@ pub fn job_overheads_ms(run: &Path) -> Vec<f64> {
 
 /// A sweep of `n` no-op synthetic jobs (1 prompt, 1 token, 0 ms; no baseline, warmup or
 /// thermal floor), with `nodes` appended.
+#[allow(dead_code)] // not every benchmark runs llem
 pub fn noop_sweep(n: usize, nodes: &str) -> String {
     let seeds: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     format!(
@@ -72,5 +73,15 @@ pub fn children_of(pid: u32) -> Vec<(u32, String)> {
             let parent: u32 = stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()?;
             (parent == pid).then_some((p, name))
         })
+        .collect()
+}
+
+/// The sweep sizes to measure: `LLEM_BENCH_SIZES` (comma-separated), else 5,000 and 50,000.
+#[allow(dead_code)] // not every benchmark grows a sweep
+pub fn bench_sizes() -> Vec<usize> {
+    std::env::var("LLEM_BENCH_SIZES")
+        .unwrap_or_else(|_| "5000,50000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("LLEM_BENCH_SIZES: numbers"))
         .collect()
 }
