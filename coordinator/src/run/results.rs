@@ -151,43 +151,45 @@ fn write_parquet(path: &Path, rows: &[Row], columns: &[(String, Column<'_>)]) ->
         .collect();
     let schema = Arc::new(parse_message_type(&format!("message results {{ {} }}", fields.join(" ")))?);
     let props = Arc::new(WriterProperties::builder().set_compression(Compression::UNCOMPRESSED).build());
-    let mut failure = None;
-    write_atomic_with(path, |file| {
-        let write = || -> Result<()> {
-            let mut writer = SerializedFileWriter::new(file, schema, props)?;
-            let mut group = writer.next_row_group()?;
-            let mut i = 0;
-            while let Some(mut col) = group.next_column()? {
-                match (&columns[i].1, col.untyped()) {
-                    (Column::F64(get), ColumnWriter::DoubleColumnWriter(w)) => {
-                        let (values, levels) = present(rows, get);
-                        w.write_batch(&values, Some(&levels), None)?;
-                    }
-                    (Column::I64(get), ColumnWriter::Int64ColumnWriter(w)) => {
-                        let (values, levels) = present(rows, get);
-                        w.write_batch(&values, Some(&levels), None)?;
-                    }
-                    (Column::Str(get), ColumnWriter::ByteArrayColumnWriter(w)) => {
-                        let (values, levels) = present(rows, |r| get(r).map(|s| ByteArray::from(s.into_bytes())));
-                        w.write_batch(&values, Some(&levels), None)?;
-                    }
-                    _ => anyhow::bail!("column {} has an unexpected type", columns[i].0),
-                }
-                col.close()?;
-                i += 1;
+    // The Parquet error travels inside the io::Error as its source, so the message keeps
+    // its whole chain.
+    write_atomic_with(path, |file| write_row_group(file, schema, props, rows, columns).map_err(std::io::Error::other))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes every row as one row group, a column at a time.
+fn write_row_group(
+    file: &mut std::io::BufWriter<std::fs::File>,
+    schema: Arc<parquet::schema::types::Type>,
+    props: Arc<WriterProperties>,
+    rows: &[Row],
+    columns: &[(String, Column<'_>)],
+) -> Result<()> {
+    let mut writer = SerializedFileWriter::new(file, schema, props)?;
+    let mut group = writer.next_row_group()?;
+    let mut i = 0;
+    while let Some(mut col) = group.next_column()? {
+        match (&columns[i].1, col.untyped()) {
+            (Column::F64(get), ColumnWriter::DoubleColumnWriter(w)) => {
+                let (values, levels) = present(rows, get);
+                w.write_batch(&values, Some(&levels), None)?;
             }
-            group.close()?;
-            writer.close()?;
-            Ok(())
-        };
-        write().map_err(|e| {
-            let io = std::io::Error::other(e.to_string());
-            failure = Some(e);
-            io
-        })
-    })
-    .map_err(|e| failure.take().unwrap_or_else(|| e.into()))
-    .with_context(|| format!("cannot write {}", path.display()))
+            (Column::I64(get), ColumnWriter::Int64ColumnWriter(w)) => {
+                let (values, levels) = present(rows, get);
+                w.write_batch(&values, Some(&levels), None)?;
+            }
+            (Column::Str(get), ColumnWriter::ByteArrayColumnWriter(w)) => {
+                let (values, levels) = present(rows, |r| get(r).map(|s| ByteArray::from(s.into_bytes())));
+                w.write_batch(&values, Some(&levels), None)?;
+            }
+            _ => anyhow::bail!("column {} has an unexpected type", columns[i].0),
+        }
+        col.close()?;
+        i += 1;
+    }
+    group.close()?;
+    writer.close()?;
+    Ok(())
 }
 
 /// A column's present values and its definition levels (1 present, 0 null).
