@@ -77,12 +77,14 @@ pub fn prune(dir: &Path, keep: usize, current: Option<&Path>) -> std::io::Result
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
 
     fn build(dir: &Path, name: &str, age_s: u64) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, name).expect("write");
-        let when = SystemTime::now() - std::time::Duration::from_secs(age_s);
+        let when = SystemTime::now() - Duration::from_secs(age_s);
         File::options().write(true).open(&path).expect("open").set_modified(when).expect("mtime");
         path
     }
@@ -107,7 +109,16 @@ mod tests {
         assert!(running.exists() && fresh_upload.exists() && other.exists());
         assert_eq!(pruned.in_use, vec![running.clone()]);
         drop(holder);
-        prune(dir.path(), 3, Some(&current)).expect("prune");
+        // A process that another test forks in this instant shares `holder`'s open file,
+        // and with it the lock, until it execs (close-on-exec closes it only then): an
+        // exec is milliseconds, so a prune within 5 s must find the build free.
+        let freed = Instant::now();
+        while running.exists() && freed.elapsed() < Duration::from_secs(5) {
+            prune(dir.path(), 3, Some(&current)).expect("prune");
+            if running.exists() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         assert!(!running.exists(), "once nothing runs it, it goes");
     }
 }
